@@ -1,0 +1,48 @@
+"""Build the data module, the Lightning task and the trainer from a composed Hydra config."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lm.data import CorpusDataModule
+from lm.module import LanguageModelTask
+
+log = logging.getLogger(__name__)
+
+
+def build_datamodule(cfg: DictConfig) -> CorpusDataModule:
+    """Data module with its vocabulary ready (the model's size depends on it)."""
+    datamodule: CorpusDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule
+
+
+def build_task(cfg: DictConfig, datamodule: CorpusDataModule) -> LanguageModelTask:
+    model = instantiate(cfg.model, vocab_size=datamodule.vocab_size)
+    loss = instantiate(cfg.loss)
+    alpha_schedule = instantiate(cfg.alpha_schedule) if getattr(loss, "uses_alpha", False) else None
+    return LanguageModelTask(
+        model=model,
+        loss=loss,
+        optimizer=instantiate(cfg.optim.optimizer),
+        lr_schedule=OmegaConf.to_container(cfg.optim.lr_schedule, resolve=True),
+        alpha_schedule=alpha_schedule,
+        vocab=datamodule.vocab.itos,
+        sum_over_time=cfg.optim.sum_over_time,
+    )
+
+
+def _instantiate_dict(group: DictConfig | None) -> list[Any]:
+    return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
+def build_trainer(cfg: DictConfig, with_callbacks: bool = True, with_logger: bool = True) -> pl.Trainer:
+    callbacks = _instantiate_dict(cfg.get("callbacks")) if with_callbacks else []
+    loggers = _instantiate_dict(cfg.get("logger")) if with_logger else False
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)

@@ -1,0 +1,260 @@
+"""Penn Treebank (or any word corpus) as streams of BPTT windows.
+
+A split is one long token sequence (``<eos>`` at every line end). ``batchify`` cuts it into B
+parallel streams laid out as a (T, B) tensor; training walks it in consecutive windows of ``bptt``
+steps, so the LSTM state at the end of one window is the right start for the next. Windows are
+views into that tensor: no shuffling, no per-window copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lm.download import download, sha256_of
+from lm.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+EOS = "<eos>"
+UNK = "<unk>"
+SPLITS = ("train", "valid", "test")
+
+
+class Vocabulary:
+    """Word <-> index, in order of first appearance in the training split."""
+
+    def __init__(self, words: list[str]):
+        self.itos = list(words)
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        if len(self.stoi) != len(self.itos):
+            raise DataError("vocabulary has duplicate words")
+
+    @classmethod
+    def from_lines(cls, lines: list[list[str]]) -> "Vocabulary":
+        seen: dict[str, None] = {}
+        for words in lines:
+            seen.update(dict.fromkeys(words))
+        seen.setdefault(UNK)  # valid/test words unseen in training need somewhere to go
+        return cls(list(seen))
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, lines: list[list[str]]) -> tuple[torch.Tensor, Counter]:
+        """Token ids of all lines, and how often each out-of-vocabulary word was mapped to ``<unk>``."""
+        unk = self.stoi[UNK]
+        oov: Counter = Counter()
+        ids = []
+        for words in lines:
+            for w in words:
+                i = self.stoi.get(w)
+                if i is None:
+                    oov[w] += 1
+                    i = unk
+                ids.append(i)
+        return torch.tensor(ids, dtype=torch.long), oov
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text("\n".join(self.itos) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> "Vocabulary":
+        return cls(Path(path).read_text(encoding="utf-8").split("\n")[:-1])
+
+
+def split_path(data_dir: Path, split: str) -> Path | None:
+    """``ptb.<split>.txt`` or ``<split>.txt``, whichever exists."""
+    for name in (f"ptb.{split}.txt", f"{split}.txt"):
+        if (data_dir / name).is_file():
+            return data_dir / name
+    return None
+
+
+def read_lines(path: Path) -> list[list[str]]:
+    """Whitespace-split words of each line, with ``<eos>`` appended to every line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc}); re-encode it as UTF-8.") from exc
+    lines = [line.split() + [EOS] for line in text.splitlines()]
+    if not any(len(words) > 1 for words in lines):
+        raise DataError(f"{path} is empty: it holds no words. Replace it with the real split.")
+    return lines
+
+
+def batchify(ids: torch.Tensor, num_streams: int) -> torch.Tensor:
+    """Cut a 1-D token sequence into ``num_streams`` contiguous streams: (T, B), column b = stream b.
+
+    The tail that does not fill a whole row is dropped (at most B - 1 tokens).
+    """
+    steps = ids.numel() // num_streams
+    return ids[: steps * num_streams].view(num_streams, steps).t().contiguous()
+
+
+class BPTTWindows(Dataset):
+    """Consecutive windows ``(x, y)`` of a (T, B) stream tensor; ``y`` is ``x`` shifted by one step.
+
+    Each item is a pair of (L, B) views with L = ``bptt`` except possibly the last window.
+    """
+
+    def __init__(self, streams: torch.Tensor, bptt: int):
+        if streams.size(0) < 2:
+            raise DataError(
+                f"a split of {streams.size(0)} step(s) per stream is too short for one window; "
+                "use a smaller batch size or a larger corpus."
+            )
+        self.streams = streams
+        self.bptt = bptt
+
+    def __len__(self) -> int:
+        return -(-(self.streams.size(0) - 1) // self.bptt)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        start = i * self.bptt
+        length = min(self.bptt, self.streams.size(0) - 1 - start)
+        return self.streams[start : start + length], self.streams[start + 1 : start + 1 + length]
+
+
+class CorpusDataModule(pl.LightningDataModule):
+    """Train/valid/test splits of a word corpus as BPTT windows.
+
+    ``data_dir`` holds ``ptb.{train,valid,test}.txt`` or ``{train,valid,test}.txt``. When the
+    files are absent and ``download`` is on, ``prepare_data`` fetches ``url + <file name>`` for every
+    file named in ``sha256`` and checks it. Under DDP each rank takes its own contiguous slice of the
+    B streams, so the ranks together see exactly the single-process data.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 20,
+        eval_batch_size: int = 10,
+        bptt: int = 35,
+        download: bool = False,
+        url: str | None = None,
+        sha256: dict[str, str] | None = None,
+    ):
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("bptt", bptt)):
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"data.{name} must be a positive integer, got {value!r}.")
+        self.data_dir = Path(data_dir).expanduser()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.bptt = bptt
+        self.download = download
+        self.url = url
+        self.sha256 = dict(sha256 or {})
+        self.vocab: Vocabulary | None = None
+        self.oov: dict[str, Counter] = {}
+        self._ids: dict[str, torch.Tensor] = {}
+        self._streams: dict[str, torch.Tensor] = {}
+
+    # -- files ------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        missing = [s for s in SPLITS if split_path(self.data_dir, s) is None]
+        if missing and self.download and self.url and self.sha256:
+            for name, digest in self.sha256.items():
+                dest = self.data_dir / name
+                if not dest.is_file():
+                    log.info("downloading %s", self.url.rstrip("/") + "/" + name)
+                    try:
+                        download(self.url.rstrip("/") + "/" + name, dest, digest)
+                    except DataError as exc:
+                        raise DataError(f"{exc}\n{self._where_to_put_files()}") from exc
+            missing = [s for s in SPLITS if split_path(self.data_dir, s) is None]
+        if missing:
+            raise DataError(f"missing split(s) {', '.join(missing)} in {self.data_dir}.\n{self._where_to_put_files()}")
+        self._verify_checksums()
+
+    def _where_to_put_files(self) -> str:
+        return (
+            f"Put ptb.train.txt, ptb.valid.txt and ptb.test.txt (or train.txt, valid.txt, test.txt) in "
+            f"{self.data_dir.resolve()}, or point the setting data.data_dir (or the environment variable "
+            f"PTB_DIR) at the folder that holds them."
+        )
+
+    def _verify_checksums(self) -> None:
+        for name, digest in self.sha256.items():
+            path = self.data_dir / name
+            if path.is_file() and sha256_of(path) != digest:
+                raise DataError(
+                    f"{path} does not match its known SHA-256 ({digest}): the file is corrupt or modified. "
+                    f"Delete it to download it again, or set data.sha256={{}} to use a different corpus."
+                )
+
+    # -- tensors ----------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.vocab is None:
+            self._read()
+        # Re-sliced on every call: the same module may be set up first alone, then under DDP.
+        rank, world = self._rank_and_world()
+        for split, ids in self._ids.items():
+            batch = self.batch_size if split == "train" else self.eval_batch_size
+            self._streams[split] = self._shard(batchify(ids, batch), rank, world, split)
+
+    def _read(self) -> None:
+        paths = {s: split_path(self.data_dir, s) for s in SPLITS}
+        if any(p is None for p in paths.values()):
+            self.prepare_data()
+            paths = {s: split_path(self.data_dir, s) for s in SPLITS}
+        lines = {s: read_lines(p) for s, p in paths.items()}
+        self.vocab = Vocabulary.from_lines(lines["train"])
+        self._ids = {}
+        for split in SPLITS:
+            self._ids[split], self.oov[split] = self.vocab.encode(lines[split])
+            if self.oov[split]:
+                n = sum(self.oov[split].values())
+                log.info("%s: %d tokens of %d unseen words mapped to %s", split, n, len(self.oov[split]), UNK)
+        log.info("vocabulary %d words; tokens: %s", len(self.vocab), {s: t.numel() for s, t in self._ids.items()})
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    @staticmethod
+    def _shard(streams: torch.Tensor, rank: int, world: int, split: str) -> torch.Tensor:
+        if world == 1:
+            return streams
+        num = streams.size(1)
+        if num % world:
+            raise ConfigError(
+                f"the {split} batch size {num} is not divisible by the {world} DDP processes; "
+                "choose a batch size that is a multiple of the number of devices."
+            )
+        per_rank = num // world
+        return streams[:, rank * per_rank : (rank + 1) * per_rank].contiguous()
+
+    @property
+    def vocab_size(self) -> int:
+        if self.vocab is None:
+            raise RuntimeError("call setup() before asking for the vocabulary size")
+        return len(self.vocab)
+
+    def windows(self, split: str) -> BPTTWindows:
+        return BPTTWindows(self._streams[split], self.bptt)
+
+    def _loader(self, split: str) -> DataLoader:
+        # batch_size=None: each dataset item already is a whole (bptt, B) batch.
+        trainer = getattr(self, "trainer", None)
+        pin = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        return DataLoader(self.windows(split), batch_size=None, shuffle=False, pin_memory=pin)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

@@ -1,0 +1,137 @@
+"""The LightningModule: carries LSTM state across windows, applies the loss, logs perplexity."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from lm.losses import AugmentedLoss
+from lm.metrics import Perplexity
+from lm.model import Hidden, LSTMLanguageModel, detach_hidden
+from lm.schedules import Constant, Schedule, lr_decay_factor
+
+LR_SCHEDULES = ("decay", "plateau", "none")
+
+
+class LanguageModelTask(pl.LightningModule):
+    """Truncated-BPTT training of ``model`` with ``loss``.
+
+    The training state carries over from one window to the next (detached at each step) and starts
+    from zeros at every epoch; validation and test keep their own state, reset at their start, so an
+    evaluation in the middle of training never disturbs the training stream.
+
+    lr_schedule: ``kind: decay`` multiplies the learning rate by ``decay_factor`` every epoch after
+    ``after_epoch`` epochs; ``kind: plateau`` multiplies it by ``plateau_factor`` whenever val/ppl did
+    not improve; ``kind: none`` keeps it constant.
+
+    sum_over_time: the objective is summed over the window's time steps and averaged over the
+    batch, as in Zaremba et al. (2014) and the paper's setup, so that lr 1 and clipping at 5 mean
+    what they mean there (lr 1 here is lr 35 on a per-token mean). Logged losses stay per token.
+    """
+
+    def __init__(
+        self,
+        model: LSTMLanguageModel,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr_schedule: dict | None = None,
+        alpha_schedule: Schedule | None = None,
+        vocab: list[str] | None = None,
+        sum_over_time: bool = True,
+    ):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.lr_schedule = dict(lr_schedule or {"kind": "none"})
+        if self.lr_schedule["kind"] not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule.kind must be one of {LR_SCHEDULES}, got {self.lr_schedule['kind']!r}")
+        if alpha_schedule is None and isinstance(loss, AugmentedLoss):
+            alpha_schedule = Constant(loss.alpha)
+        self.alpha_schedule = alpha_schedule
+        self.vocab = vocab
+        self.sum_over_time = sum_over_time
+        self.val_ppl = Perplexity()
+        self.test_ppl = Perplexity()
+        self._hidden: dict[str, Hidden | None] = {"train": None, "val": None, "test": None}
+
+    # -- state carried across windows --------------------------------------------------------
+    def _state(self, stage: str, batch_size: int) -> Hidden:
+        hidden = self._hidden[stage]
+        if hidden is None or hidden[0][0].size(1) != batch_size:
+            hidden = self.model.init_hidden(batch_size)
+        return hidden
+
+    def on_train_epoch_start(self) -> None:
+        self._hidden["train"] = None
+
+    def on_validation_epoch_start(self) -> None:
+        self._hidden["val"] = None
+        self.val_ppl.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self._hidden["test"] = None
+        self.test_ppl.reset()
+
+    # -- steps -------------------------------------------------------------------------------
+    def current_alpha(self, batch_idx: int) -> float:
+        if self.alpha_schedule is None:
+            return 0.0
+        epoch = self.current_epoch + batch_idx / max(self.trainer.num_training_batches, 1)
+        return self.alpha_schedule(epoch, self.global_step)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch  # (T, B) each; y is x shifted by one step
+        logits, hidden = self.model(x, self._state("train", x.size(1)))
+        self._hidden["train"] = detach_hidden(hidden)
+        alpha = self.current_alpha(batch_idx)
+        out = self.loss(logits.view(-1, logits.size(-1)), y.reshape(-1), self.model.embedding.weight, alpha)
+        n = y.numel()
+        self.log("train/loss", out.total, prog_bar=True, batch_size=n)
+        self.log("train/ppl", torch.exp(out.ce.detach()), prog_bar=True, batch_size=n)
+        if getattr(self.loss, "uses_alpha", False):
+            self.log("train/kl", out.kl, batch_size=n)
+            self.log("alpha", alpha, batch_size=n)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
+        return out.total * x.size(0) if self.sum_over_time else out.total
+
+    def _eval_step(self, stage: str, metric: Perplexity, batch) -> None:
+        x, y = batch
+        logits, hidden = self.model(x, self._state(stage, x.size(1)))
+        self._hidden[stage] = hidden
+        ce = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.reshape(-1))
+        metric.update(ce, y.numel())
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("val", self.val_ppl, batch)
+        self.log("val/ppl", self.val_ppl, prog_bar=True, on_step=False, on_epoch=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("test", self.test_ppl, batch)
+        self.log("test/ppl", self.test_ppl, on_step=False, on_epoch=True)
+
+    # -- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.model.parameters())
+        kind = self.lr_schedule["kind"]
+        if kind == "decay":
+            factor, after = self.lr_schedule["decay_factor"], self.lr_schedule["after_epoch"]
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_decay_factor(e, factor, after))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        if kind == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=self.lr_schedule["plateau_factor"], patience=0
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val/ppl"},
+            }
+        return optimizer
+
+    # -- checkpoint --------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.vocab is not None:
+            checkpoint["vocab"] = self.vocab

@@ -1,0 +1,69 @@
+"""Schedules for scalar loss weights (alpha) and the learning-rate decay.
+
+A weight schedule maps training progress to a value. Progress is counted in ``unit``: "epoch"
+(fractional: 2.5 is half-way through the third epoch) or "step" (optimizer steps).
+"""
+
+from __future__ import annotations
+
+import math
+
+from lm.errors import ConfigError
+
+UNITS = ("epoch", "step")
+
+
+class Schedule:
+    def __init__(self, unit: str = "epoch"):
+        if unit not in UNITS:
+            raise ConfigError(f"schedule unit must be one of {UNITS}, got {unit!r}.")
+        self.unit = unit
+
+    def __call__(self, epoch: float, step: int) -> float:
+        return self.value(epoch if self.unit == "epoch" else float(step))
+
+    def value(self, t: float) -> float:
+        raise NotImplementedError
+
+
+class Constant(Schedule):
+    def __init__(self, value: float, unit: str = "epoch"):
+        super().__init__(unit)
+        self.start = self.end = value
+
+    def value(self, t: float) -> float:
+        return self.end
+
+
+class _Ramp(Schedule):
+    """Goes from ``start`` to ``end`` over ``length`` units, then stays at ``end``."""
+
+    def __init__(self, start: float, end: float, length: float, unit: str = "epoch"):
+        super().__init__(unit)
+        if not length > 0:
+            raise ConfigError(f"schedule length must be > 0, got {length}.")
+        self.start, self.end, self.length = start, end, length
+
+    def fraction(self, t: float) -> float:
+        raise NotImplementedError
+
+    def value(self, t: float) -> float:
+        return self.start + (self.end - self.start) * self.fraction(min(max(t / self.length, 0.0), 1.0))
+
+
+class Linear(_Ramp):
+    def fraction(self, r: float) -> float:
+        return r
+
+
+class Cosine(_Ramp):
+    """Half a cosine: slow at both ends, fastest in the middle."""
+
+    def fraction(self, r: float) -> float:
+        return 0.5 * (1.0 - math.cos(math.pi * r))
+
+
+def lr_decay_factor(epoch: int, factor: float, after_epoch: int) -> float:
+    """Learning-rate multiplier in (0-based) ``epoch``: 1 for the first ``after_epoch`` epochs,
+    then multiplied by ``factor`` once per epoch (Zaremba et al. 2014)."""
+    return factor ** max(0, epoch + 1 - after_epoch)

@@ -1,0 +1,33 @@
+"""Validation and test perplexity of a checkpoint, as JSON on the last line of output.
+
+    python scripts/evaluate.py ckpt_path=logs/runs/.../checkpoints/best.ckpt [the run's overrides]
+"""
+
+from __future__ import annotations
+
+import json
+
+import hydra
+from omegaconf import DictConfig
+
+from lm.build import build_datamodule, build_task, build_trainer
+from lm.cli import report_user_errors
+from lm.errors import ConfigError
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    if not cfg.ckpt_path:
+        raise ConfigError("evaluate.py needs ckpt_path=PATH (a .ckpt file written by train.py).")
+    datamodule = build_datamodule(cfg)
+    task = build_task(cfg, datamodule)
+    trainer = build_trainer(cfg, with_callbacks=False, with_logger=False)
+    val = trainer.validate(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
+    test = trainer.test(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
+    if trainer.is_global_zero:
+        print(json.dumps({"ckpt_path": str(cfg.ckpt_path), "val/ppl": val[0]["val/ppl"], "test/ppl": test[0]["test/ppl"]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Every combination the real configs offer composes, builds and runs one batch (fast_dev_run)."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import CONF, TINY, compose_cfg
+from lm.build import build_datamodule, build_task, build_trainer
+from lm.losses import AugmentedLoss, CrossEntropyLoss
+from lm.schedules import Constant, Cosine, Linear
+
+SCHEDULES = {"constant": Constant, "linear": Linear, "cosine": Cosine}
+
+
+@pytest.mark.parametrize(
+    "model,loss,schedule", list(itertools.product(["untied", "tied"], ["ce", "augmented"], SCHEDULES))
+)
+def test_fast_dev_run_every_combination(corpus, tmp_path, model, loss, schedule):
+    cfg = compose_cfg(
+        [*TINY, f"data.data_dir={corpus}", f"model={model}", f"loss={loss}", f"alpha_schedule={schedule}",
+         "debug=fast_dev_run"],
+        tmp_path,
+    )
+    dm = build_datamodule(cfg)
+    task = build_task(cfg, dm)
+    assert task.model.tie_weights == (model == "tied")
+    assert isinstance(task.loss, AugmentedLoss if loss == "augmented" else CrossEntropyLoss)
+    if loss == "augmented":
+        assert isinstance(task.alpha_schedule, SCHEDULES[schedule])
+        assert task.alpha_schedule.end == cfg.loss.alpha
+    else:
+        assert task.alpha_schedule is None
+    trainer = build_trainer(cfg)
+    before = task.model.embedding.weight.detach().clone()
+    trainer.fit(task, datamodule=dm)
+    assert not torch.equal(before, task.model.embedding.weight)  # one real SGD step happened
+    assert math.isfinite(trainer.callback_metrics["val/ppl"])
+    test = trainer.test(task, datamodule=dm, verbose=False)
+    assert math.isfinite(test[0]["test/ppl"])
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+PAPER = {"vd": ("untied", "ce"), "al": ("untied", "augmented"), "re": ("tied", "ce"), "real": ("tied", "augmented")}
+UNITS = {"small": 200, "medium": 650, "large": 1500}
+
+
+def test_twelve_presets_exist():
+    assert EXPERIMENTS == sorted(f"{s}_{v}" for s in UNITS for v in PAPER)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_preset_sets_size_model_and_loss(tmp_path, name):
+    size, variant = name.split("_")
+    cfg = compose_cfg([f"experiment={name}"], tmp_path)
+    assert cfg.model.hidden_size == cfg.model.emb_size == UNITS[size]
+    assert cfg.model.tie_weights == (PAPER[variant][0] == "tied")
+    assert cfg.loss._target_.endswith("AugmentedLoss" if PAPER[variant][1] == "augmented" else "CrossEntropyLoss")
+    assert cfg.data.bptt == 35 and cfg.data.batch_size == 20 and cfg.optim.optimizer.lr == 1.0
+    model = instantiate(cfg.model, vocab_size=100)
+    assert (model.decoder.weight is model.embedding.weight) == (PAPER[variant][0] == "tied")
+
+
+def test_command_line_values_win_over_size(tmp_path):
+    cfg = compose_cfg(["size=medium", "model.hidden_size=64", "model.emb_size=64", "trainer.max_epochs=3"], tmp_path)
+    assert cfg.model.hidden_size == 64 and cfg.trainer.max_epochs == 3
+    assert cfg.model.dropout_hidden == 0.5  # the rest of size=medium still applies
+
+
+@pytest.mark.parametrize("trainer,accelerator,precision,strategy", [
+    ("cpu", "cpu", "32-true", None), ("gpu", "gpu", "bf16-mixed", None), ("ddp", "auto", "32-true", "ddp"),
+])
+def test_trainer_configs_compose(tmp_path, trainer, accelerator, precision, strategy):
+    cfg = compose_cfg([f"trainer={trainer}"], tmp_path)
+    assert cfg.trainer.accelerator == accelerator and cfg.trainer.precision == precision
+    assert cfg.trainer.get("strategy") == strategy
+    assert cfg.trainer.use_distributed_sampler is False
+
+
+def test_data_dir_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("PTB_DIR", "/somewhere/ptb")
+    assert compose_cfg([], tmp_path).data.data_dir == "/somewhere/ptb"
+    monkeypatch.delenv("PTB_DIR")
+    assert compose_cfg([], tmp_path).data.data_dir == "data/ptb"
+
+
+def test_tensorboard_logger_config_composes(tmp_path):
+    cfg = compose_cfg(["logger=tensorboard"], tmp_path)
+    assert cfg.logger.tensorboard._target_.endswith("TensorBoardLogger")

@@ -1,0 +1,117 @@
+import torch
+import pytest
+
+from conftest import write_corpus
+from lm.data import EOS, UNK, BPTTWindows, CorpusDataModule, Vocabulary, batchify, read_lines
+from lm.errors import ConfigError, DataError
+
+
+def make_dm(folder, **kw):
+    dm = CorpusDataModule(str(folder), **{"batch_size": 4, "eval_batch_size": 3, "bptt": 5, **kw})
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def test_batchify_lays_streams_in_columns():
+    ids = torch.arange(23)
+    streams = batchify(ids, 4)  # 23 // 4 = 5 steps; the last 3 tokens are dropped
+    assert streams.shape == (5, 4)
+    for b in range(4):
+        assert streams[:, b].tolist() == list(range(5 * b, 5 * b + 5))
+
+
+def test_windows_are_contiguous_and_targets_shifted(corpus):
+    dm = make_dm(corpus)
+    streams = dm._streams["train"]
+    xs, ys = zip(*dm.train_dataloader())
+    x_all, y_all = torch.cat(xs), torch.cat(ys)
+    # Walking the windows in order re-reads every stream from its first token, without gaps.
+    assert torch.equal(x_all, streams[:-1])
+    assert torch.equal(y_all, streams[1:])
+    for x, y in zip(xs, ys):
+        assert x.shape == y.shape and x.size(1) == 4
+        assert torch.equal(y[:-1], x[1:])
+    for y0, x1 in zip(ys, xs[1:]):
+        assert torch.equal(y0[-1], x1[0])  # a window's last target is the next window's first input
+    assert all(x.size(0) == 5 for x in xs[:-1]) and 1 <= xs[-1].size(0) <= 5
+
+
+def test_windows_are_views_not_copies(corpus):
+    dm = make_dm(corpus)
+    windows = dm.windows("train")
+    x, y = windows[1]
+    base = dm._streams["train"]
+    assert x.untyped_storage().data_ptr() == base.untyped_storage().data_ptr()
+    assert x.data_ptr() == base[5].data_ptr()
+
+
+def test_eval_splits_use_their_own_batch_size(corpus):
+    dm = make_dm(corpus)
+    assert next(iter(dm.val_dataloader()))[0].size(1) == 3
+    assert next(iter(dm.test_dataloader()))[0].size(1) == 3
+    assert next(iter(dm.train_dataloader()))[0].size(1) == 4
+
+
+def test_vocabulary_from_train_with_eos_and_oov_to_unk(tmp_path):
+    (tmp_path / "train.txt").write_text("a b c\nb c a\n")
+    (tmp_path / "valid.txt").write_text("a zebra b\n")
+    (tmp_path / "test.txt").write_text("yak yak c\n")
+    dm = make_dm(tmp_path, batch_size=1, eval_batch_size=1, bptt=2)
+    v = dm.vocab
+    assert v.itos[:4] == ["a", "b", "c", EOS] and UNK in v.stoi
+    valid = dm._ids["valid"].tolist()
+    assert valid == [v.stoi["a"], v.stoi[UNK], v.stoi["b"], v.stoi[EOS]]
+    assert dm.oov["valid"] == {"zebra": 1}
+    assert dm.oov["test"] == {"yak": 2}
+    assert dm.oov["train"] == {}
+
+
+def test_both_file_layouts_load_the_same(tmp_path):
+    a = make_dm(write_corpus(tmp_path / "plain", seed=3))
+    b = make_dm(write_corpus(tmp_path / "ptb", seed=3, prefix="ptb."))
+    assert a.vocab.itos == b.vocab.itos
+    for split in ("train", "valid", "test"):
+        assert torch.equal(a._streams[split], b._streams[split])
+
+
+def test_vocabulary_roundtrip(tmp_path, corpus):
+    dm = make_dm(corpus)
+    dm.vocab.save(tmp_path / "vocab.txt")
+    assert Vocabulary.load(tmp_path / "vocab.txt").itos == dm.vocab.itos
+
+
+def test_ddp_ranks_take_disjoint_contiguous_stream_slices(corpus):
+    dm = make_dm(corpus)
+    full = dm._streams["train"]
+    halves = [CorpusDataModule._shard(batchify(dm._ids["train"], 4), r, 2, "train") for r in (0, 1)]
+    assert torch.equal(torch.cat(halves, dim=1), full)
+    with pytest.raises(ConfigError, match="not divisible"):
+        CorpusDataModule._shard(full, 0, 3, "train")
+
+
+def test_missing_split_names_the_folder_and_the_setting(tmp_path, corpus):
+    (corpus / "test.txt").unlink()
+    dm = CorpusDataModule(str(corpus), download=False)
+    with pytest.raises(DataError) as exc:
+        dm.prepare_data()
+    msg = str(exc.value)
+    assert "test" in msg and str(corpus) in msg and "data.data_dir" in msg and "PTB_DIR" in msg
+
+
+def test_empty_split_is_an_error(tmp_path, corpus):
+    (corpus / "valid.txt").write_text("\n\n")
+    with pytest.raises(DataError, match="empty"):
+        read_lines(corpus / "valid.txt")
+
+
+def test_too_short_split_is_an_error():
+    with pytest.raises(DataError, match="too short"):
+        BPTTWindows(torch.zeros(1, 4, dtype=torch.long), 5)
+
+
+@pytest.mark.parametrize("key", ["batch_size", "eval_batch_size", "bptt"])
+@pytest.mark.parametrize("value", [0, -3])
+def test_non_positive_sizes_are_config_errors(corpus, key, value):
+    with pytest.raises(ConfigError, match=key):
+        CorpusDataModule(str(corpus), **{key: value})

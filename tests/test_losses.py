@@ -1,0 +1,94 @@
+"""The augmented loss against autograd and closed forms."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lm.errors import ConfigError
+from lm.losses import AugmentedLoss, CrossEntropyLoss
+
+V, D, N = 30, 8, 12
+
+
+@pytest.fixture
+def inputs():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(N, V, generator=g, dtype=torch.float64) * 2
+    targets = torch.randint(0, V, (N,), generator=g)
+    embedding = torch.randn(V, D, generator=g, dtype=torch.float64)
+    return logits, targets, embedding
+
+
+def test_alpha_zero_equals_cross_entropy(inputs):
+    z, y, L = inputs
+    al = AugmentedLoss(alpha=0.7, tau=0.5)(z, y, L, alpha=0.0)
+    ce = CrossEntropyLoss()(z, y, L)
+    assert torch.allclose(al.total, ce.total) and torch.allclose(al.ce, ce.ce)
+    assert torch.allclose(ce.total, F.cross_entropy(z.float(), y))
+
+
+@pytest.mark.parametrize("tau", [0.3, 1.0, 4.0])
+def test_kl_is_nonnegative_and_matches_definition(inputs, tau):
+    z, y, L = inputs
+    out = AugmentedLoss(tau=tau)(z, y, L, alpha=1.0)
+    target = torch.softmax(L[y] @ L.t() / tau, dim=-1)
+    pred = torch.softmax(z / tau, dim=-1)
+    kl_rows = (target * (target.log() - pred.log())).sum(-1)
+    assert (kl_rows >= 0).all()
+    assert torch.allclose(out.kl.double(), kl_rows.mean(), rtol=1e-5)
+    assert torch.allclose(out.total.double(), out.ce.double() + 1.0 * tau * kl_rows.mean(), rtol=1e-5)
+
+
+def test_kl_is_zero_when_prediction_equals_target(inputs):
+    _, y, L = inputs
+    tau = 0.8
+    z = (L[y] @ L.t()) + 3.0  # z / tau = target logits / tau, shifted: same softmax
+    out = AugmentedLoss(tau=tau)(z, y, L, alpha=1.0)
+    assert abs(out.kl.item()) < 1e-6
+
+
+@pytest.mark.parametrize("tau,alpha", [(1.0, 0.5), (0.4, 1.0), (3.0, 0.2)])
+def test_logit_gradient_matches_closed_form(inputs, tau, alpha):
+    z, y, L = inputs
+    z = z.clone().requires_grad_(True)
+    out = AugmentedLoss(tau=tau)(z, y, L, alpha=alpha)
+    (grad,) = torch.autograd.grad(out.total, z)
+    target = torch.softmax(L[y] @ L.t() / tau, dim=-1)
+    expected = torch.softmax(z, -1) - F.one_hot(y, V) + alpha * (torch.softmax(z / tau, -1) - target)
+    assert torch.allclose(grad.double() * N, expected.detach(), atol=1e-5)
+
+
+def _kl_grad_through_target(z, y, L, tau):
+    """d/dL of sum_t KL(y~_t || y^_t) through y~ only (y^ held fixed), by hand."""
+    s = L[y] @ L.t() / tau  # (N, V)
+    p = torch.softmax(s, -1)
+    a = torch.log(p) - torch.log_softmax(z / tau, -1)
+    gs = p * (a - (p * a).sum(-1, keepdim=True))  # dKL/ds through the softmax
+    grad = gs.t() @ L[y] / tau  # via the similarity to every word (the L^T side)
+    grad.index_add_(0, y, gs @ L / tau)  # via the target word's own row u = L[y*]
+    return grad
+
+
+def test_target_gradient_option_changes_embedding_gradient_as_expected(inputs):
+    z, y, L = inputs
+    tau, alpha = 0.7, 0.6
+    fixed = AugmentedLoss(tau=tau)(z, y, L.clone().requires_grad_(True), alpha=alpha)
+    assert not fixed.total.requires_grad  # by default the target is a constant: no path into L
+    emb = L.clone().requires_grad_(True)
+    out = AugmentedLoss(tau=tau, target_grad=True)(z, y, emb, alpha=alpha)
+    (grad,) = torch.autograd.grad(out.total, emb)
+    expected = alpha * tau * _kl_grad_through_target(z, y, L, tau) / N
+    assert torch.allclose(grad.double(), expected, atol=1e-6)
+    assert expected.abs().max() > 1e-3
+
+
+def test_loss_is_float32_under_bf16_inputs(inputs):
+    z, y, L = inputs
+    out = AugmentedLoss(tau=0.5)(z.bfloat16(), y, L.bfloat16(), alpha=0.5)
+    assert out.total.dtype == torch.float32 and torch.isfinite(out.total)
+
+
+@pytest.mark.parametrize("kw", [{"alpha": -1.0}, {"tau": 0.0}, {"tau": -2.0}])
+def test_bad_alpha_or_tau_is_a_config_error(kw):
+    with pytest.raises(ConfigError):
+        AugmentedLoss(**kw)

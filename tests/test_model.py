@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from lm.errors import ConfigError
+from lm.model import LockedDropout, LSTMLanguageModel, detach_hidden
+
+
+def small(**kw):
+    return LSTMLanguageModel(vocab_size=50, **{"emb_size": 12, "hidden_size": 12, **kw})
+
+
+def test_tied_weights_share_storage_and_gradient():
+    m = small(tie_weights=True, output_bias=False)
+    assert m.decoder.weight is m.embedding.weight
+    assert m.decoder.weight.data_ptr() == m.embedding.weight.data_ptr()
+    assert m.decoder.bias is None
+    # Counted once: embedding + LSTMs, no second V x d matrix.
+    untied = small()
+    assert untied.num_parameters() - m.num_parameters() == 50 * 12 + 50
+    tokens = torch.randint(0, 50, (6, 3))
+    logits, _ = m(tokens, m.init_hidden(3))
+    logits.sum().backward()
+    assert m.embedding.weight.grad is m.decoder.weight.grad
+
+
+def test_untied_weights_are_separate():
+    m = small()
+    assert m.decoder.weight.data_ptr() != m.embedding.weight.data_ptr()
+    assert m.decoder.bias is not None
+    with torch.no_grad():
+        m.embedding.weight.zero_()
+    assert m.decoder.weight.abs().sum() > 0
+
+
+def test_tied_keeps_output_bias_when_asked():
+    assert small(tie_weights=True, output_bias=True).decoder.bias is not None
+
+
+def test_tying_mismatched_sizes_is_a_config_error():
+    with pytest.raises(ConfigError, match="emb_size == model.hidden_size"):
+        LSTMLanguageModel(vocab_size=50, emb_size=12, hidden_size=16, tie_weights=True)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
+def test_dropout_outside_unit_interval_is_a_config_error(p):
+    with pytest.raises(ConfigError, match="dropout"):
+        small(dropout_hidden=p)
+
+
+def test_locked_dropout_mask_is_constant_over_time():
+    torch.manual_seed(0)
+    drop = LockedDropout(0.5).train()
+    x = torch.ones(20, 8, 16)
+    y = drop(x)
+    assert torch.equal(y, y[:1].expand_as(y))  # the same mask at every step
+    assert set(y.unique().tolist()) == {0.0, 2.0}  # kept units are scaled by 1 / (1 - p)
+    assert not torch.equal(y[0, 0], y[0, 1])  # but a different mask per sequence
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_model_dropout_is_variational_end_to_end():
+    """With dropout on, a masked embedding unit stays masked at every step of the sequence."""
+    torch.manual_seed(1)
+    m = small(dropout_emb=0.5).train()
+    seen = {}
+
+    def record_input(module, args, output):
+        seen["x"] = args[0].detach()
+
+    m.lstms[0].register_forward_hook(record_input)
+    tokens = torch.randint(0, 50, (10, 4))
+    m(tokens, m.init_hidden(4))
+    zero = seen["x"] == 0
+    assert zero.any() and torch.equal(zero, zero[:1].expand_as(zero))
+
+
+def test_shapes_and_state():
+    m = small(num_layers=2)
+    tokens = torch.randint(0, 50, (7, 3))
+    logits, hidden = m(tokens, m.init_hidden(3))
+    assert logits.shape == (7, 3, 50)
+    assert len(hidden) == 2 and hidden[0][0].shape == (1, 3, 12)
+    detached = detach_hidden(hidden)
+    assert all(h.grad_fn is None and c.grad_fn is None for h, c in detached)
+    assert torch.equal(detached[1][1], hidden[1][1])
+
+
+def test_uniform_init_range():
+    m = small(init_range=0.05)
+    for name, p in m.named_parameters():
+        assert p.abs().max() <= 0.05, name

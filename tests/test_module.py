@@ -1,0 +1,143 @@
+"""The Lightning task: LSTM state across windows, exact perplexity, optimiser schedule, logged values."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import TINY, compose_cfg
+from lm.build import build_datamodule, build_task, build_trainer
+from lm.metrics import Perplexity
+
+
+def build(corpus, tmp_path, *overrides):
+    cfg = compose_cfg([*TINY, f"data.data_dir={corpus}", "trainer.num_sanity_val_steps=0", *overrides], tmp_path)
+    dm = build_datamodule(cfg)
+    return cfg, dm, build_task(cfg, dm), build_trainer(cfg)
+
+
+def test_perplexity_is_token_weighted_over_the_split():
+    metric = Perplexity()
+    metric.update(torch.tensor(2.0), 30)
+    metric.update(torch.tensor(4.0), 10)  # a short last window counts for its 10 tokens only
+    assert metric.compute().item() == pytest.approx(math.exp((2.0 * 30 + 4.0 * 10) / 40))
+
+
+class StateSpy:
+    """Records, for every forward call, the mode and the (h, c) going in and coming out."""
+
+    def __init__(self, model):
+        self.calls = []
+        forward = model.forward
+
+        def spy(tokens, hidden):
+            logits, new = forward(tokens, hidden)
+            self.calls.append({
+                "training": model.training,
+                "in": [(h.detach().clone(), c.detach().clone()) for h, c in hidden],
+                "in_has_graph": any(h.grad_fn is not None or c.grad_fn is not None for h, c in hidden),
+                "out": [(h.detach().clone(), c.detach().clone()) for h, c in new],
+            })
+            return logits, new
+
+        model.forward = spy
+
+
+def _same(a, b):
+    return all(torch.equal(h1, h2) and torch.equal(c1, c2) for (h1, c1), (h2, c2) in zip(a, b))
+
+
+def _zero(state):
+    return all(not h.any() and not c.any() for h, c in state)
+
+
+def test_hidden_state_carried_across_batches_and_reset_at_epoch_and_eval_start(corpus, tmp_path):
+    # 4 training windows per epoch, validation after the 2nd and the 4th, 2 epochs.
+    _, dm, task, trainer = build(
+        corpus, tmp_path, "trainer.max_epochs=2", "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=3", "trainer.val_check_interval=2",
+    )
+    spy = StateSpy(task.model)
+    trainer.fit(task, datamodule=dm)
+
+    calls = spy.calls
+    modes = "".join("T" if c["training"] else "v" for c in calls)
+    assert modes == "TTvvvTTvvv" * 2
+    train = [c for c in calls if c["training"]]
+    for epoch in range(2):
+        first, *rest = train[4 * epoch: 4 * epoch + 4]
+        assert _zero(first["in"])  # fresh state at each epoch start
+        prev = first
+        for call in rest:
+            assert _same(call["in"], prev["out"])  # carried over, validation in between or not
+            assert not call["in_has_graph"]  # ... and detached from the previous window's graph
+            prev = call
+    # Each validation run starts from zeros and carries its own state across its windows.
+    for start in (i for i in range(len(calls)) if not calls[i]["training"] and calls[i - 1]["training"]):
+        assert _zero(calls[start]["in"])
+        assert _same(calls[start + 1]["in"], calls[start]["out"])
+        assert _same(calls[start + 2]["in"], calls[start + 1]["out"])
+
+
+def test_test_state_is_reset_and_separate(corpus, tmp_path):
+    _, dm, task, trainer = build(corpus, tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                                 "trainer.limit_val_batches=2", "trainer.limit_test_batches=3")
+    trainer.fit(task, datamodule=dm)
+    spy = StateSpy(task.model)
+    trainer.test(task, datamodule=dm, verbose=False)
+    trainer.test(task, datamodule=dm, verbose=False)
+    assert len(spy.calls) == 6
+    assert _zero(spy.calls[0]["in"]) and _zero(spy.calls[3]["in"])
+    assert _same(spy.calls[1]["in"], spy.calls[0]["out"])
+
+
+def test_validation_perplexity_equals_manual_computation(corpus, tmp_path):
+    _, dm, task, trainer = build(corpus, tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=3")
+    trainer.fit(task, datamodule=dm)
+    logged = trainer.validate(task, datamodule=dm, verbose=False)[0]["val/ppl"]
+    model = task.model.eval()
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        hidden = model.init_hidden(dm.eval_batch_size)
+        for x, y in dm.val_dataloader():
+            logits, hidden = model(x, hidden)
+            nll += torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), reduction="sum").item()
+            count += y.numel()
+    assert count == dm._streams["valid"].numel() - dm.eval_batch_size
+    assert logged == pytest.approx(math.exp(nll / count), rel=1e-5)
+
+
+def test_lr_decays_per_epoch_and_alpha_follows_schedule(corpus, tmp_path):
+    _, dm, task, trainer = build(
+        corpus, tmp_path, "trainer.max_epochs=3", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        "optim.lr_schedule.decay_factor=0.5", "optim.lr_schedule.after_epoch=1",
+        "alpha_schedule=linear", "alpha_schedule.length=2", "loss.alpha=0.8", "trainer.log_every_n_steps=1",
+    )
+    seen = []
+    step = task.training_step
+
+    def record(batch, batch_idx):
+        seen.append((task.trainer.optimizers[0].param_groups[0]["lr"], task.current_alpha(batch_idx)))
+        return step(batch, batch_idx)
+
+    task.training_step = record
+    trainer.fit(task, datamodule=dm)
+    lrs = [lr for lr, _ in seen]
+    alphas = [a for _, a in seen]
+    assert lrs == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    assert alphas == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 0.8])
+    logged = trainer.logged_metrics
+    assert {"train/loss", "train/ppl", "alpha", "lr", "val/ppl"} <= set(logged)
+
+
+def test_plateau_schedule_divides_lr_when_validation_stalls(corpus, tmp_path):
+    _, dm, task, trainer = build(corpus, tmp_path, "optim.lr_schedule.kind=plateau", "trainer.max_epochs=1",
+                                 "trainer.limit_train_batches=1", "trainer.limit_val_batches=1")
+    trainer.fit(task, datamodule=dm)
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert trainer.lr_scheduler_configs[0].monitor == "val/ppl"
+    optimizer = trainer.optimizers[0]
+    scheduler.step(1.0)
+    scheduler.step(2.0)  # worse: one stalled epoch is enough (patience 0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25)

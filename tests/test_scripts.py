@@ -1,0 +1,66 @@
+"""The entry points as a user runs them: subprocesses, real config composition, files on disk."""
+
+import json
+import math
+
+import pytest
+
+from conftest import TINY, run_script
+
+
+def _common(corpus, run_dir):
+    return [*TINY, f"data.data_dir={corpus}", "trainer.max_epochs=2", "trainer.limit_train_batches=5",
+            f"hydra.run.dir={run_dir}"]
+
+
+def test_train_writes_metrics_and_evaluate_reproduces_them(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_script("train.py", *_common(corpus, run_dir), "model=untied", "loss=augmented", "loss.alpha=0.3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("val/ppl", "test/ppl", "train_tokens_per_s"):
+        assert math.isfinite(metrics[key]) and metrics[key] > 0, key
+    assert metrics["epochs"] == 2 and metrics["alpha"] == 0.3 and metrics["model"] == "untied"
+    assert metrics["params"] > 0
+    assert "val/ppl" in result.stdout and str(run_dir) in result.stdout  # the one-line summary
+    best = run_dir / "checkpoints" / "best.ckpt"
+    assert best.is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "vocab.txt").is_file() and (run_dir / "csv" / "metrics.csv").is_file()
+
+    evaluated = run_script("evaluate.py", *TINY, f"data.data_dir={corpus}", "model=untied",
+                           f"ckpt_path={best}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    scores = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert scores["val/ppl"] == pytest.approx(metrics["val/ppl"], rel=1e-5)
+    assert scores["test/ppl"] == pytest.approx(metrics["test/ppl"], rel=1e-5)
+
+
+def test_multirun_sweeps_alpha_and_records_it(corpus, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_script("train.py", "-m", "loss.alpha=0.1,0.9", *_common(corpus, tmp_path / "unused"),
+                        "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(sweep.glob("*/metrics.json"))
+    assert len(runs) == 2
+    records = [json.loads(p.read_text()) for p in runs]
+    assert sorted(r["alpha"] for r in records) == [0.1, 0.9]
+    assert all("loss.alpha=" + str(r["alpha"]) in r["overrides"] for r in records)
+    assert records[0]["val/ppl"] != records[1]["val/ppl"]
+
+
+def test_impossible_tying_is_one_clear_line(corpus, tmp_path):
+    result = run_script("train.py", *_common(corpus, tmp_path / "run"), "model=tied", "model.emb_size=8")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "error: model=tied needs model.emb_size == model.hidden_size" in result.stderr
+
+
+def test_missing_data_is_one_clear_line(tmp_path):
+    result = run_script("train.py", *TINY, f"data.data_dir={tmp_path / 'nothing'}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "missing split" in result.stderr and "PTB_DIR" in result.stderr
+
+
+def test_evaluate_without_checkpoint_says_what_to_pass(corpus, tmp_path):
+    result = run_script("evaluate.py", *TINY, f"data.data_dir={corpus}", f"hydra.run.dir={tmp_path / 'e'}")
+    assert result.returncode == 2 and "ckpt_path=PATH" in result.stderr
