@@ -36,7 +36,7 @@ class CrossEntropyLoss(nn.Module):
 
 
 class AugmentedLoss(nn.Module):
-    """Cross-entropy plus ``alpha * tau * KL(y~ || y^)``.
+    """Cross-entropy plus ``alpha * tau * KL(y~ || y^)``, fused (see ``augmented_loss``).
 
     ``alpha`` here is the configured value that alpha schedules end at; the value in force at each
     step is passed to ``forward``. ``target_grad=True`` lets gradients flow into the embedding
@@ -45,7 +45,7 @@ class AugmentedLoss(nn.Module):
 
     uses_alpha = True
 
-    def __init__(self, alpha: float = 0.5, tau: float = 1.0, target_grad: bool = False):
+    def __init__(self, alpha: float = 0.5, tau: float = 1.0, target_grad: bool = False, chunk_elements: int = 1 << 23):
         super().__init__()
         if not alpha >= 0:
             raise ConfigError(f"loss.alpha must be >= 0, got {alpha}.")
@@ -54,18 +54,93 @@ class AugmentedLoss(nn.Module):
         self.alpha = alpha
         self.tau = tau
         self.target_grad = target_grad
-
-    def target_distribution(self, targets: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        """log y~ for each target word, (N, V) in float32."""
-        emb = embedding.float()
-        if not self.target_grad:
-            emb = emb.detach()
-        return F.log_softmax(emb[targets] @ emb.t() / self.tau, dim=-1)
+        self.chunk_elements = chunk_elements
 
     def forward(self, logits, targets, embedding, alpha: float) -> LossOutput:
-        logits = logits.float()  # log-softmax and KL in float32 even under mixed precision
-        ce = F.cross_entropy(logits, targets)
-        log_target = self.target_distribution(targets, embedding)
-        log_pred = F.log_softmax(logits / self.tau, dim=-1)
-        kl = F.kl_div(log_pred, log_target, log_target=True, reduction="batchmean")
-        return LossOutput(ce + alpha * self.tau * kl, ce, kl)
+        return augmented_loss(logits, targets, embedding, alpha, self.tau, self.target_grad, self.chunk_elements)
+
+
+def augmented_loss(logits, targets, embedding, alpha: float, tau: float, target_grad: bool = False,
+                   chunk_elements: int = 1 << 23) -> LossOutput:
+    """The augmented loss with its gradient in closed form.
+
+    Autograd through softmax, log-softmax and KL would keep several (N, V) intermediates alive and
+    compute each twice. Instead the forward pass computes the loss and, row chunk by row chunk
+    (at most ``chunk_elements`` elements per temporary), the gradient with respect to the logits,
+    ``(softmax(z) - onehot(y*) + alpha * (softmax(z / tau) - y~)) / N``, which backward only scales.
+    ``y~`` is computed once per distinct target word in the batch, not once per token.
+    """
+    return LossOutput(*_FusedAugmentedLoss.apply(logits, targets, embedding, alpha, tau, target_grad, chunk_elements))
+
+
+class _FusedAugmentedLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, targets, embedding, alpha, tau, target_grad, chunk_elements):
+        n, v = logits.shape
+        # float32 throughout, also under bf16/fp16 autocast: softmax, log and KL need the range.
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            emb = embedding.detach().float()
+            words, inverse = torch.unique(targets, return_inverse=True)  # words: (U,), inverse: (N,)
+            rows = emb[words]  # (U, d)
+            log_target = torch.log_softmax(rows @ emb.t() / tau, dim=-1)  # (U, V): log y~ per distinct word
+            target_probs = log_target.exp()  # (U, V): y~
+            neg_entropy = (target_probs * log_target).sum(-1)  # (U,): sum y~ log y~
+
+            grad = torch.empty(n, v, dtype=torch.float32, device=logits.device)
+            ce_sum = logits.new_zeros((), dtype=torch.float32)
+            kl_sum = logits.new_zeros((), dtype=torch.float32)
+            log_pred_sum = torch.zeros_like(log_target) if target_grad else None  # sum of log y^ per word
+            chunk = max(1, chunk_elements // v)
+            for start in range(0, n, chunk):
+                end = min(start + chunk, n)
+                z = logits[start:end].float()  # (C, V)
+                y, u = targets[start:end], inverse[start:end]
+                g = grad[start:end]
+                torch.log_softmax(z, dim=-1, out=g)  # log softmax(z), kept in the gradient buffer
+                ce_sum -= g.gather(1, y[:, None]).sum()
+                target = target_probs.index_select(0, u)  # (C, V): y~ of each row's word (a copy, no exp)
+                # tau = 1 (the default) needs no second softmax: y^ = softmax(z).
+                log_pred = g if tau == 1.0 else torch.log_softmax(z / tau, dim=-1)  # (C, V): log y^
+                kl_sum += neg_entropy[u].sum() - torch.dot(target.view(-1), log_pred.reshape(-1))
+                if target_grad:
+                    log_pred_sum.index_add_(0, u, log_pred)
+                if tau == 1.0:
+                    g.exp_().mul_(1.0 + alpha)  # softmax(z) + alpha y^
+                else:
+                    g.exp_().add_(log_pred.exp_(), alpha=alpha)
+                g.sub_(target, alpha=alpha)  # - alpha y~
+                g[torch.arange(end - start, device=g.device), y] -= 1.0  # - onehot(y*)
+            grad.div_(n)
+
+            grad_emb = None
+            if target_grad:
+                # d(alpha tau KL / N) / dS for S = rows @ emb.T / tau, summed over each word's rows:
+                # y~ * (count log y~ - sum log y^ - (count sum y~ log y~ - <y~, sum log y^>)).
+                target = target_probs
+                count = torch.bincount(inverse, minlength=words.numel()).float()[:, None]
+                c = count[:, 0] * neg_entropy - (target * log_pred_sum).sum(-1)
+                grad_s = target * (count * log_target - log_pred_sum - c[:, None]) * (alpha * tau / n)
+                grad_s /= tau  # S = rows @ emb.T / tau
+                grad_emb = grad_s.t() @ rows  # through the similarity to every word
+                grad_emb.index_add_(0, words, grad_s @ emb)  # through each target word's own row
+                grad_emb = grad_emb.to(embedding.dtype)
+
+        ce = ce_sum / n
+        kl = kl_sum / n
+        ctx.save_for_backward(grad, grad_emb)
+        ctx.logits_dtype = logits.dtype
+        ctx.target_grad = target_grad
+        ctx.backward_done = False
+        ctx.mark_non_differentiable(ce, kl)
+        return ce + alpha * tau * kl, ce, kl
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_ce, _grad_kl):
+        if ctx.backward_done:
+            raise RuntimeError("the fused augmented loss supports one backward pass per forward (no retain_graph)")
+        ctx.backward_done = True
+        grad, grad_emb = ctx.saved_tensors
+        # In place: the buffer is this step's alone, and not allocating a second (N, V) tensor is the point.
+        grad_logits = grad.mul_(grad_total).to(ctx.logits_dtype)
+        grad_embedding = grad_emb * grad_total if ctx.target_grad else None
+        return grad_logits, None, grad_embedding, None, None, None, None
