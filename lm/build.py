@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,8 +10,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from lm.data import CorpusDataModule
 from lm.module import LanguageModelTask
-
-log = logging.getLogger(__name__)
 
 
 def build_datamodule(cfg: DictConfig) -> CorpusDataModule:

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from lm.errors import ConfigError
 from lm.losses import AugmentedLoss
 from lm.metrics import Perplexity
 from lm.model import Hidden, LSTMLanguageModel, detach_hidden
@@ -48,7 +49,9 @@ class LanguageModelTask(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_schedule = dict(lr_schedule or {"kind": "none"})
         if self.lr_schedule["kind"] not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule.kind must be one of {LR_SCHEDULES}, got {self.lr_schedule['kind']!r}")
+            raise ConfigError(
+                f"optim.lr_schedule.kind must be one of {LR_SCHEDULES}, got {self.lr_schedule['kind']!r}."
+            )
         if alpha_schedule is None and isinstance(loss, AugmentedLoss):
             alpha_schedule = Constant(loss.alpha)
         self.alpha_schedule = alpha_schedule

@@ -64,3 +64,15 @@ def test_missing_data_is_one_clear_line(tmp_path):
 def test_evaluate_without_checkpoint_says_what_to_pass(corpus, tmp_path):
     result = run_script("evaluate.py", *TINY, f"data.data_dir={corpus}", f"hydra.run.dir={tmp_path / 'e'}")
     assert result.returncode == 2 and "ckpt_path=PATH" in result.stderr
+
+
+def test_benchmark_prints_its_json_record():
+    result = run_script("benchmark.py", "--vocab", "50", "--steps", "2", "--warmup", "1", "--rounds", "1", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("plain_ce_tokens_per_s", "lightning_ce_tokens_per_s", "lightning_al_tokens_per_s",
+                "eval_tokens_per_s", "al_over_ce", "lightning_over_plain"):
+        assert record[key] > 0, key
+    assert record["al_over_ce"] == pytest.approx(
+        record["lightning_al_tokens_per_s"] / record["lightning_ce_tokens_per_s"])
+    assert {"peak_mb_ce", "peak_mb_al"} <= set(record)

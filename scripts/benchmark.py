@@ -1,0 +1,197 @@
+"""Training and evaluation throughput: a plain PyTorch loop against the project's Lightning loop.
+
+    python scripts/benchmark.py                       # small, batch 20 x BPTT 35, real PTB if present
+    python scripts/benchmark.py --size medium --vocab 33278 --json
+
+Every variant trains the same model class on the same windows in this one process: forward, loss,
+backward, gradient clipping, SGD update (and, for Lightning, its logging). Times are per step,
+median over the timed steps after warm-up; tokens/s = batch x BPTT / median step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from lm.data import BPTTWindows, CorpusDataModule, batchify
+from lm.losses import AugmentedLoss, CrossEntropyLoss
+from lm.model import LSTMLanguageModel, detach_hidden
+from lm.module import LanguageModelTask
+
+UNITS = {"small": 200, "medium": 650, "large": 1500}
+PTB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ptb"
+
+
+def windows(args) -> tuple[BPTTWindows, int, str]:
+    data_dir = Path(args.data_dir or os.environ.get("PTB_DIR", PTB))
+    if args.vocab is None and (data_dir / "ptb.train.txt").is_file():
+        dm = CorpusDataModule(str(data_dir), batch_size=args.batch, bptt=args.bptt)
+        dm.setup()
+        return dm.windows("train"), dm.vocab_size, f"PTB train split from {data_dir}"
+    vocab = args.vocab or 10000
+    ids = torch.randint(0, vocab, ((args.warmup + args.steps + 2) * args.batch * args.bptt,),
+                        generator=torch.Generator().manual_seed(0))
+    return BPTTWindows(batchify(ids, args.batch), args.bptt), vocab, f"synthetic tokens, vocabulary {vocab}"
+
+
+def make_model(args, vocab: int, device) -> LSTMLanguageModel:
+    torch.manual_seed(0)
+    units = UNITS[args.size]
+    return LSTMLanguageModel(vocab, units, units, dropout_emb=0.25, dropout_hidden=0.25, dropout_out=0.25,
+                             tie_weights=args.tied, output_bias=not args.tied).to(device)
+
+
+def peak_mb(device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return None  # no allocator statistics for CPU tensors
+
+
+def reset_peak(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_loop(args, data, vocab, device) -> tuple[list[float], float | None]:
+    """The reference: pytorch/examples word_language_model style, cross-entropy."""
+    model = make_model(args, vocab, device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    hidden = model.init_hidden(args.batch)
+    times = []
+    reset_peak(device)
+    for i in range(args.warmup + args.steps):
+        x, y = (t.to(device, non_blocking=True) for t in data[i])
+        t0 = time.perf_counter()
+        hidden = detach_hidden(hidden)
+        logits, hidden = model(x, hidden)
+        loss = F.cross_entropy(logits.view(-1, vocab), y.reshape(-1)) * x.size(0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        sync(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    return times, peak_mb(device)
+
+
+class StepTimer(pl.Callback):
+    def __init__(self, warmup: int, device):
+        self.warmup, self.device, self.times, self._t0 = warmup, device, [], 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            reset_peak(self.device)
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        sync(self.device)
+        if batch_idx >= self.warmup:
+            self.times.append(time.perf_counter() - self._t0)
+
+
+def lightning_loop(args, data, vocab, device, loss) -> tuple[list[float], float | None]:
+    model = make_model(args, vocab, device)
+    task = LanguageModelTask(model, loss, lambda p: torch.optim.SGD(p, lr=1.0), {"kind": "none"})
+    timer = StepTimer(args.warmup, device)
+    trainer = pl.Trainer(
+        accelerator=device.type, devices=1, max_steps=args.warmup + args.steps, limit_val_batches=0,
+        gradient_clip_val=5.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[timer], use_distributed_sampler=False,
+    )
+    trainer.fit(task, train_dataloaders=DataLoader(data, batch_size=None))
+    return timer.times, peak_mb(device)
+
+
+def eval_loop(args, data, vocab, device) -> list[float]:
+    model = make_model(args, vocab, device).eval()
+    hidden = model.init_hidden(args.batch)
+    times = []
+    with torch.no_grad():
+        for i in range(args.warmup + args.steps):
+            x, y = (t.to(device) for t in data[i])
+            t0 = time.perf_counter()
+            logits, hidden = model(x, hidden)
+            F.cross_entropy(logits.view(-1, vocab), y.reshape(-1))
+            sync(device)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=UNITS, default="small")
+    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--bptt", type=int, default=35)
+    parser.add_argument("--vocab", type=int, default=None, help="synthetic data with this vocabulary size")
+    parser.add_argument("--tied", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--tau", type=float, default=1.0)
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="run all variants this many times, interleaved, so none profits from going last")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = parser.parse_args()
+    pl.seed_everything(0, verbose=False)
+    device = torch.device(args.device)
+    data, vocab, source = windows(args)
+    if len(data) < args.warmup + args.steps:
+        raise SystemExit(f"only {len(data)} windows: lower --steps or --warmup")
+    tokens = args.batch * args.bptt
+
+    variants = {
+        "plain_ce": lambda: plain_loop(args, data, vocab, device),
+        "lightning_ce": lambda: lightning_loop(args, data, vocab, device, CrossEntropyLoss()),
+        "lightning_al": lambda: lightning_loop(args, data, vocab, device, AugmentedLoss(args.alpha, args.tau)),
+    }
+    times = {k: [] for k in variants}
+    peaks = {k: [] for k in variants}
+    eval_times = []
+    for _ in range(args.rounds):
+        for name, run in variants.items():
+            t, peak = run()
+            times[name] += t
+            peaks[name].append(peak)
+        eval_times += eval_loop(args, data, vocab, device)
+
+    rate = {k: tokens / statistics.median(t) for k, t in times.items()}
+    results = {k: (times[k], None if None in p else max(p)) for k, p in peaks.items()}
+    out = {
+        "plain_ce_tokens_per_s": rate["plain_ce"],
+        "lightning_ce_tokens_per_s": rate["lightning_ce"],
+        "lightning_al_tokens_per_s": rate["lightning_al"],
+        "eval_tokens_per_s": tokens / statistics.median(eval_times),
+        "al_over_ce": rate["lightning_al"] / rate["lightning_ce"],
+        "lightning_over_plain": rate["lightning_ce"] / rate["plain_ce"],
+        "peak_mb_ce": results["lightning_ce"][1],
+        "peak_mb_al": results["lightning_al"][1],
+    }
+    print(f"{args.size} ({UNITS[args.size]} units), {'tied' if args.tied else 'untied'}, batch {args.batch} x "
+          f"BPTT {args.bptt}, {source}, {args.device}, {torch.get_num_threads()} threads, "
+          f"median of {args.rounds} x {args.steps} steps, each run after {args.warmup} warm-up steps")
+    for k, v in out.items():
+        print(f"  {k:28s} {'n/a (no CPU allocator statistics)' if v is None else f'{v:,.3f}'}")
+    if args.json:
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
