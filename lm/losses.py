@@ -116,10 +116,9 @@ class _FusedAugmentedLoss(torch.autograd.Function):
             if target_grad:
                 # d(alpha tau KL / N) / dS for S = rows @ emb.T / tau, summed over each word's rows:
                 # y~ * (count log y~ - sum log y^ - (count sum y~ log y~ - <y~, sum log y^>)).
-                target = target_probs
                 count = torch.bincount(inverse, minlength=words.numel()).float()[:, None]
-                c = count[:, 0] * neg_entropy - (target * log_pred_sum).sum(-1)
-                grad_s = target * (count * log_target - log_pred_sum - c[:, None]) * (alpha * tau / n)
+                c = count[:, 0] * neg_entropy - (target_probs * log_pred_sum).sum(-1)
+                grad_s = target_probs * (count * log_target - log_pred_sum - c[:, None]) * (alpha * tau / n)
                 grad_s /= tau  # S = rows @ emb.T / tau
                 grad_emb = grad_s.t() @ rows  # through the similarity to every word
                 grad_emb.index_add_(0, words, grad_s @ emb)  # through each target word's own row

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from lm.data import BPTTWindows, CorpusDataModule, batchify
@@ -27,8 +29,10 @@ from lm.losses import AugmentedLoss, CrossEntropyLoss
 from lm.model import LSTMLanguageModel, detach_hidden
 from lm.module import LanguageModelTask
 
-UNITS = {"small": 200, "medium": 650, "large": 1500}
-PTB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ptb"
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SIZES = sorted(p.stem for p in (CONF / "size").glob("*.yaml"))
+PTB = REPO.parent / "shared" / "data" / "ptb"
 
 
 def windows(args) -> tuple[BPTTWindows, int, str]:
@@ -44,10 +48,11 @@ def windows(args) -> tuple[BPTTWindows, int, str]:
 
 
 def make_model(args, vocab: int, device) -> LSTMLanguageModel:
+    """The model exactly as conf/ builds it for ``size=<args.size>``, tied or untied."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"size={args.size}"])
     torch.manual_seed(0)
-    units = UNITS[args.size]
-    return LSTMLanguageModel(vocab, units, units, dropout_emb=0.25, dropout_hidden=0.25, dropout_out=0.25,
-                             tie_weights=args.tied, output_bias=not args.tied).to(device)
+    return instantiate(cfg.model, vocab_size=vocab, tie_weights=args.tied, output_bias=not args.tied).to(device)
 
 
 def peak_mb(device) -> float | None:
@@ -72,9 +77,10 @@ def plain_loop(args, data, vocab, device) -> tuple[list[float], float | None]:
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     hidden = model.init_hidden(args.batch)
     times = []
-    reset_peak(device)
     for i in range(args.warmup + args.steps):
         x, y = (t.to(device, non_blocking=True) for t in data[i])
+        if i == args.warmup:
+            reset_peak(device)
         t0 = time.perf_counter()
         hidden = detach_hidden(hidden)
         logits, hidden = model(x, hidden)
@@ -135,7 +141,7 @@ def eval_loop(args, data, vocab, device) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=UNITS, default="small")
+    parser.add_argument("--size", choices=SIZES, default="small")
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--bptt", type=int, default=35)
     parser.add_argument("--vocab", type=int, default=None, help="synthetic data with this vocabulary size")
@@ -173,7 +179,7 @@ def main() -> None:
         eval_times += eval_loop(args, data, vocab, device)
 
     rate = {k: tokens / statistics.median(t) for k, t in times.items()}
-    results = {k: (times[k], None if None in p else max(p)) for k, p in peaks.items()}
+    peak = {k: None if None in p else max(p) for k, p in peaks.items()}
     out = {
         "plain_ce_tokens_per_s": rate["plain_ce"],
         "lightning_ce_tokens_per_s": rate["lightning_ce"],
@@ -181,10 +187,10 @@ def main() -> None:
         "eval_tokens_per_s": tokens / statistics.median(eval_times),
         "al_over_ce": rate["lightning_al"] / rate["lightning_ce"],
         "lightning_over_plain": rate["lightning_ce"] / rate["plain_ce"],
-        "peak_mb_ce": results["lightning_ce"][1],
-        "peak_mb_al": results["lightning_al"][1],
+        "peak_mb_ce": peak["lightning_ce"],
+        "peak_mb_al": peak["lightning_al"],
     }
-    print(f"{args.size} ({UNITS[args.size]} units), {'tied' if args.tied else 'untied'}, batch {args.batch} x "
+    print(f"{args.size}, {'tied' if args.tied else 'untied'}, batch {args.batch} x "
           f"BPTT {args.bptt}, {source}, {args.device}, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} x {args.steps} steps, each run after {args.warmup} warm-up steps")
     for k, v in out.items():
