@@ -1,15 +1,23 @@
-"""Training throughput, measured over whole training epochs (validation excluded)."""
+"""Callbacks: training throughput, and saving ``last.ckpt`` when a run is told to stop."""
 
 from __future__ import annotations
 
+import logging
+import signal
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
 
 
 class TrainThroughput(pl.Callback):
     """Tokens per second of the training loop: data, forward, loss, backward, clipping, update, logging.
+
+    Under DDP, the tokens of all processes together (each takes the same number of equal windows).
 
     Timed from the start of each training epoch to the first of (validation start, epoch end), with
     one device synchronisation there, so nothing is added to the step itself.
@@ -26,7 +34,7 @@ class TrainThroughput(pl.Callback):
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._epoch_tokens += batch[1].numel()
+        self._epoch_tokens += batch[1].numel() * trainer.world_size
 
     def _stop(self, pl_module) -> None:
         if self._t0 is None:
@@ -54,3 +62,56 @@ class TrainThroughput(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.tokens = state_dict["tokens"]
         self.seconds = state_dict["seconds"]
+
+
+class StopRequested(Exception):
+    """Ctrl-C during training: raised between two steps, after ``last.ckpt`` is written."""
+
+
+class SaveOnStop(pl.Callback):
+    """On SIGTERM (a scheduler's preemption notice) or a first Ctrl-C, finish the current step, write
+    ``last.ckpt`` and stop, so that ``resume=true`` continues exactly where the run was.
+
+    Lightning turns SIGTERM into ``SIGTERMException`` after the step in progress; Ctrl-C is handled
+    the same way here instead of interrupting a step half-way (a second Ctrl-C stops at once, without
+    saving). Other failures (a non-finite loss included) save nothing, so the last good checkpoint stays.
+    """
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous_handler = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Not on_fit_start: Lightning records the signal handlers in between and reinstates them at teardown.
+        self.requested = None
+        self._previous_handler = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.requested = "Ctrl-C"
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
+        log.warning("Ctrl-C: stopping after this step and writing last.ckpt (press Ctrl-C again to stop now)")
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.requested:
+            raise StopRequested(self.requested)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_handler()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore_handler()
+        if not isinstance(exception, (SIGTERMException, StopRequested)):
+            return
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is None or checkpoint.dirpath is None:
+            return
+        path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+        trainer.save_checkpoint(path)
+        checkpoint.last_model_path = str(path)
+        log.warning("stopped at epoch %d, step %d; wrote %s", trainer.current_epoch, trainer.global_step, path)

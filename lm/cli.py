@@ -5,6 +5,10 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from lm.errors import UserError
 
@@ -36,3 +40,32 @@ def report_user_errors(main):
             sys.exit(2)
 
     return wrapper
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why ``folder`` cannot be created or written, or None. Creates nothing."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+class CheckOutputDir(Callback):
+    """A Hydra callback: refuse an output folder that cannot be written before any work starts."""
+
+    def _check(self, folder: str, key: str) -> None:
+        why = _unwritable(Path(folder))
+        if why is not None:
+            print(f"error: cannot write the output folder {folder} ({why}). Set {key} to a writable folder.",
+                  file=sys.stderr)
+            sys.exit(2)
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")

@@ -3,7 +3,8 @@
 A split is one long token sequence (``<eos>`` at every line end). ``batchify`` cuts it into B
 parallel streams laid out as a (T, B) tensor; training walks it in consecutive windows of ``bptt``
 steps, so the LSTM state at the end of one window is the right start for the next. Windows are
-views into that tensor: no shuffling, no per-window copy.
+views into that tensor: no shuffling, no per-window copy. ``WindowLoader`` can begin a pass at any
+window, so a run stopped mid-epoch resumes at the next one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lm.download import download, sha256_of
 from lm.errors import ConfigError, DataError
@@ -82,6 +83,12 @@ def read_lines(path: Path) -> list[list[str]]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text ({exc}); re-encode it as UTF-8.") from exc
+    if text and not text.endswith("\n"):
+        # Every corpus line ends with a newline; a file that does not usually was cut off mid-copy.
+        raise DataError(
+            f"{path} does not end with a newline, so its last line may be truncated. If the file is "
+            f"complete, add the newline (echo >> {path}); otherwise copy or download it again."
+        )
     lines = [line.split() + [EOS] for line in text.splitlines()]
     if not any(len(words) > 1 for words in lines):
         raise DataError(f"{path} is empty: it holds no words. Replace it with the real split.")
@@ -104,11 +111,6 @@ class BPTTWindows(Dataset):
     """
 
     def __init__(self, streams: torch.Tensor, bptt: int):
-        if streams.size(0) < 2:
-            raise DataError(
-                f"a split of {streams.size(0)} step(s) per stream is too short for one window; "
-                "use a smaller batch size or a larger corpus."
-            )
         self.streams = streams
         self.bptt = bptt
 
@@ -121,6 +123,43 @@ class BPTTWindows(Dataset):
         start = i * self.bptt
         length = min(self.bptt, self.streams.size(0) - 1 - start)
         return self.streams[start : start + length], self.streams[start + 1 : start + 1 + length]
+
+
+class WindowLoader:
+    """Iterates the windows of one split in order; ``start_at(k)`` makes the next pass begin at window k.
+
+    A run resumed mid-epoch calls ``start_at`` with the number of windows its checkpoint had finished
+    in that epoch. ``state_dict`` is what Lightning saves in checkpoints for a resumable loader (and it
+    then continues ``batch_idx`` mid-epoch); here it guards against resuming with other windows.
+    """
+
+    def __init__(self, windows: BPTTWindows, pin_memory: bool = False):
+        self.dataset = windows
+        self.pin_memory = pin_memory
+        self._start = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def start_at(self, window: int) -> None:
+        self._start = window
+
+    def __iter__(self):
+        # A generator: the start is read at the first next(), after the epoch-start hooks ran.
+        start, self._start = self._start, 0
+        for i in range(start, len(self.dataset)):
+            x, y = self.dataset[i]
+            yield (x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y)
+
+    def state_dict(self) -> dict:
+        return {"windows": len(self.dataset)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["windows"] != len(self.dataset):
+            raise ConfigError(
+                f"the checkpoint was saved with {state['windows']} training windows per epoch, this run has "
+                f"{len(self.dataset)}: resume with the same data, data.batch_size and data.bptt."
+            )
 
 
 class CorpusDataModule(pl.LightningDataModule):
@@ -200,6 +239,7 @@ class CorpusDataModule(pl.LightningDataModule):
         for split, ids in self._ids.items():
             batch = self.batch_size if split == "train" else self.eval_batch_size
             self._streams[split] = self._shard(batchify(ids, batch), rank, world, split)
+            self._check_fills_one_window(split, ids.numel(), batch)
 
     def _read(self) -> None:
         paths = {s: split_path(self.data_dir, s) for s in SPLITS}
@@ -215,6 +255,14 @@ class CorpusDataModule(pl.LightningDataModule):
                 n = sum(self.oov[split].values())
                 log.info("%s: %d tokens of %d unseen words mapped to %s", split, n, len(self.oov[split]), UNK)
         log.info("vocabulary %d words; tokens: %s", len(self.vocab), {s: t.numel() for s, t in self._ids.items()})
+
+    def _check_fills_one_window(self, split: str, tokens: int, batch: int) -> None:
+        if self._streams[split].size(0) < self.bptt + 1:
+            raise DataError(
+                f"the {split} split has {tokens} tokens, fewer than one batch of windows needs "
+                f"({batch} streams x {self.bptt + 1} steps = {batch * (self.bptt + 1)}). Use a larger corpus, "
+                f"or a smaller data.{'batch_size' if split == 'train' else 'eval_batch_size'} or data.bptt."
+            )
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -244,17 +292,16 @@ class CorpusDataModule(pl.LightningDataModule):
     def windows(self, split: str) -> BPTTWindows:
         return BPTTWindows(self._streams[split], self.bptt)
 
-    def _loader(self, split: str) -> DataLoader:
-        # batch_size=None: each dataset item already is a whole (bptt, B) batch.
+    def _loader(self, split: str) -> WindowLoader:
         trainer = getattr(self, "trainer", None)
         pin = trainer is not None and trainer.strategy.root_device.type == "cuda"
-        return DataLoader(self.windows(split), batch_size=None, shuffle=False, pin_memory=pin)
+        return WindowLoader(self.windows(split), pin_memory=pin)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> WindowLoader:
         return self._loader("train")
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> WindowLoader:
         return self._loader("valid")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> WindowLoader:
         return self._loader("test")

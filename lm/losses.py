@@ -47,8 +47,8 @@ class AugmentedLoss(nn.Module):
 
     def __init__(self, alpha: float = 0.5, tau: float = 1.0, target_grad: bool = False, chunk_elements: int = 1 << 23):
         super().__init__()
-        if not alpha >= 0:
-            raise ConfigError(f"loss.alpha must be >= 0, got {alpha}.")
+        if not alpha > 0:
+            raise ConfigError(f"loss.alpha must be > 0, got {alpha}. (alpha 0 is cross-entropy: use loss=ce.)")
         if not tau > 0:
             raise ConfigError(f"loss.tau must be > 0, got {tau}.")
         self.alpha = alpha

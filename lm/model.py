@@ -57,6 +57,9 @@ class LSTMLanguageModel(nn.Module):
             )
         if num_layers < 1 or emb_size < 1 or hidden_size < 1:
             raise ConfigError("model.num_layers, model.emb_size and model.hidden_size must be positive.")
+        for name, p in (("dropout_emb", dropout_emb), ("dropout_hidden", dropout_hidden), ("dropout_out", dropout_out)):
+            if not 0.0 <= p < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {p}.")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.tie_weights = tie_weights

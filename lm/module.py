@@ -8,13 +8,30 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from lm.errors import ConfigError
+from lm.errors import ConfigError, UserError
 from lm.losses import AugmentedLoss
 from lm.metrics import Perplexity
 from lm.model import Hidden, LSTMLanguageModel, detach_hidden
 from lm.schedules import Constant, Schedule, lr_decay_factor
 
 LR_SCHEDULES = ("decay", "plateau", "none")
+
+
+class NonFiniteLoss(UserError):
+    """The training loss became NaN or infinite; the run stops without saving."""
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class LanguageModelTask(pl.LightningModule):
@@ -31,6 +48,10 @@ class LanguageModelTask(pl.LightningModule):
     sum_over_time: the objective is summed over the window's time steps and averaged over the
     batch, as in Zaremba et al. (2014) and the paper's setup, so that lr 1 and clipping at 5 mean
     what they mean there (lr 1 here is lr 35 on a per-token mean). Logged losses stay per token.
+
+    Resuming: checkpoints also hold the carried training state and the RNG state (dropout masks), so a
+    run stopped mid-epoch continues with the same windows, state and masks as if never stopped.
+    A non-finite training loss raises ``NonFiniteLoss`` naming the step and the last checkpoint.
     """
 
     def __init__(
@@ -60,6 +81,9 @@ class LanguageModelTask(pl.LightningModule):
         self.val_ppl = Perplexity()
         self.test_ppl = Perplexity()
         self._hidden: dict[str, Hidden | None] = {"train": None, "val": None, "test": None}
+        self._resumed: dict | None = None  # what on_load_checkpoint read, applied at the next epoch start
+        self._windows_done = 0  # training windows finished in the current epoch
+        self._unchecked_loss: tuple[torch.Tensor, int, int] | None = None
 
     # -- state carried across windows --------------------------------------------------------
     def _state(self, stage: str, batch_size: int) -> Hidden:
@@ -68,8 +92,20 @@ class LanguageModelTask(pl.LightningModule):
             hidden = self.model.init_hidden(batch_size)
         return hidden
 
-    def on_train_epoch_start(self) -> None:
+    def on_train_epoch_start(self) -> None:  # not called again when a run resumes mid-epoch
         self._hidden["train"] = None
+        self._windows_done = 0
+
+    def on_train_start(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is None:
+            return
+        _set_rng_state(resumed["rng"])
+        done = resumed["windows_done"]
+        if 0 < done < self.trainer.num_training_batches:  # stopped mid-epoch: continue at the next window
+            self._windows_done = done
+            self._hidden["train"] = [(h.to(self.device), c.to(self.device)) for h, c in resumed["hidden"]]
+            self.trainer.train_dataloader.start_at(done)
 
     def on_validation_epoch_start(self) -> None:
         self._hidden["val"] = None
@@ -99,7 +135,38 @@ class LanguageModelTask(pl.LightningModule):
             self.log("train/kl", out.kl, batch_size=n)
             self.log("alpha", alpha, batch_size=n)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
+        self._check_finite(out.total.detach(), batch_idx)
+        self._windows_done = batch_idx + 1
         return out.total * x.size(0) if self.sum_over_time else out.total
+
+    # -- non-finite loss guard --------------------------------------------------------------
+    def _check_finite(self, loss: torch.Tensor | None, batch_idx: int = 0) -> None:
+        """Stop on a NaN/inf loss. On a GPU the previous step's loss is read (already computed, so the
+        read does not wait for the current step); ``loss=None`` flushes the pending one."""
+        pending, self._unchecked_loss = self._unchecked_loss, None
+        if loss is not None:
+            current = (loss, self.global_step, batch_idx)
+            if loss.device.type == "cuda":
+                self._unchecked_loss = current
+            else:
+                pending = current
+        if pending is None or torch.isfinite(pending[0]).item():
+            return
+        value, step, window = pending
+        callback = self.trainer.checkpoint_callback
+        last = callback and (callback.last_model_path or callback.best_model_path)
+        raise NonFiniteLoss(
+            f"training loss is {value.item()} at step {step} (epoch {self.current_epoch}, window {window}); "
+            f"stopped without saving, so checkpoints keep the last finite model"
+            + (f": resume from {last}" if last else " (none was written yet)")
+            + ". Lower the learning rate (optim.optimizer.lr) or clip harder (trainer.gradient_clip_val)."
+        )
+
+    def on_validation_start(self) -> None:
+        self._check_finite(None)  # before a validation end can write a checkpoint
+
+    def on_train_end(self) -> None:
+        self._check_finite(None)
 
     def _eval_step(self, stage: str, metric: Perplexity, batch) -> None:
         x, y = batch
@@ -138,3 +205,15 @@ class LanguageModelTask(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.vocab is not None:
             checkpoint["vocab"] = self.vocab
+        hidden = self._hidden["train"]
+        checkpoint["train_hidden"] = None if hidden is None else [(h.cpu(), c.cpu()) for h, c in hidden]
+        checkpoint["train_windows_done"] = self._windows_done
+        checkpoint["rng"] = _rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng" in checkpoint:
+            self._resumed = {
+                "hidden": checkpoint["train_hidden"],
+                "windows_done": checkpoint["train_windows_done"],
+                "rng": checkpoint["rng"],
+            }

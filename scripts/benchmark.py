@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from torch.utils.data import DataLoader
 
-from lm.data import BPTTWindows, CorpusDataModule, batchify
+from lm.data import BPTTWindows, CorpusDataModule, WindowLoader, batchify
 from lm.losses import AugmentedLoss, CrossEntropyLoss
 from lm.model import LSTMLanguageModel, detach_hidden
 from lm.module import LanguageModelTask
@@ -55,15 +54,39 @@ def make_model(args, vocab: int, device) -> LSTMLanguageModel:
     return instantiate(cfg.model, vocab_size=vocab, tie_weights=args.tied, output_bias=not args.tied).to(device)
 
 
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+_cpu_baseline_mb: float | None = None
+
+
 def peak_mb(device) -> float | None:
+    """Peak memory of the timed steps. CUDA: the allocator's peak. CPU (Linux): the peak resident set
+    since ``reset_peak`` minus the resident set then, i.e. what the steps added at most (large tensors
+    are mmap-ed and returned on free, so the resident set follows live tensor memory)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return None  # no allocator statistics for CPU tensors
+    peak = _proc_status_mb("VmHWM")
+    return None if peak is None or _cpu_baseline_mb is None else peak - _cpu_baseline_mb
 
 
 def reset_peak(device) -> None:
+    global _cpu_baseline_mb
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
+        _cpu_baseline_mb = _proc_status_mb("VmRSS")
+    except OSError:
+        _cpu_baseline_mb = None
 
 
 def sync(device) -> None:
@@ -119,7 +142,7 @@ def lightning_loop(args, data, vocab, device, loss) -> tuple[list[float], float 
         gradient_clip_val=5.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[timer], use_distributed_sampler=False,
     )
-    trainer.fit(task, train_dataloaders=DataLoader(data, batch_size=None))
+    trainer.fit(task, train_dataloaders=WindowLoader(data, pin_memory=device.type == "cuda"))
     return timer.times, peak_mb(device)
 
 
@@ -194,7 +217,7 @@ def main() -> None:
           f"BPTT {args.bptt}, {source}, {args.device}, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} x {args.steps} steps, each run after {args.warmup} warm-up steps")
     for k, v in out.items():
-        print(f"  {k:28s} {'n/a (no CPU allocator statistics)' if v is None else f'{v:,.3f}'}")
+        print(f"  {k:28s} {'n/a (needs CUDA or Linux /proc)' if v is None else f'{v:,.3f}'}")
     if args.json:
         print(json.dumps(out))
 

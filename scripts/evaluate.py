@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from lm.build import build_datamodule, build_task, build_trainer
+from lm.checkpoint import check_compatible, load_checkpoint
 from lm.cli import report_user_errors
 from lm.errors import ConfigError
 
@@ -22,6 +23,7 @@ def main(cfg: DictConfig) -> None:
         raise ConfigError("evaluate.py needs ckpt_path=PATH (a .ckpt file written by train.py).")
     datamodule = build_datamodule(cfg)
     task = build_task(cfg, datamodule)
+    check_compatible(load_checkpoint(cfg.ckpt_path), cfg.ckpt_path, task.model, datamodule.vocab.itos)
     trainer = build_trainer(cfg, with_callbacks=False, with_logger=False)
     val = trainer.validate(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
     test = trainer.test(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)

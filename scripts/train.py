@@ -2,27 +2,45 @@
 
     python scripts/train.py model=tied loss=augmented
     python scripts/train.py -m loss.alpha=0.1,0.5,1.0
+    python scripts/train.py [same overrides] hydra.run.dir=logs/runs/<run> resume=true   # continue a run
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import sys
 import time
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lm.build import build_datamodule, build_task, build_trainer
-from lm.callbacks import TrainThroughput
+from lm.callbacks import StopRequested, TrainThroughput
+from lm.checkpoint import check_compatible, load_checkpoint
 from lm.cli import report_user_errors
+
+log = logging.getLogger(__name__)
 
 
 def _float(x) -> float:
     return float(x) if x is not None else math.nan
+
+
+def _resume_from(cfg: DictConfig, run_dir: Path) -> Path | None:
+    if cfg.ckpt_path:
+        return Path(cfg.ckpt_path)
+    if cfg.resume:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return last
+        log.info("resume=true but %s does not exist yet: starting from scratch", last)
+    return None
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -34,10 +52,23 @@ def main(cfg: DictConfig) -> float:
     datamodule = build_datamodule(cfg)
     task = build_task(cfg, datamodule)
     trainer = build_trainer(cfg)
+    resume = _resume_from(cfg, run_dir)
+    if resume is not None:  # fail here, in one line, rather than inside Lightning
+        check_compatible(load_checkpoint(resume), resume, task.model, datamodule.vocab.itos)
+        log.info("resuming from %s", resume)
     if trainer.is_global_zero:
         datamodule.vocab.save(run_dir / "vocab.txt")
 
-    trainer.fit(task, datamodule=datamodule)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
+    except (SIGTERMException, StopRequested) as exc:
+        reason = "SIGTERM" if isinstance(exc, SIGTERMException) else str(exc)
+        print(
+            f"stopped by {reason} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+            f"continue with the same command plus hydra.run.dir={run_dir} resume=true",
+            file=sys.stderr,
+        )
+        sys.exit(143 if isinstance(exc, SIGTERMException) else 130)
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None else ""

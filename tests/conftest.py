@@ -52,9 +52,10 @@ TINY = [
 ]
 
 
-def compose_cfg(overrides: list[str], output_dir: Path, config_name: str = "train"):
+def compose_cfg(overrides: list[str], output_dir: Path, config_name: str = "train", return_hydra_config=False):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=config_name, overrides=[f"paths.output_dir={output_dir}", *overrides])
+        return compose(config_name=config_name, overrides=[f"paths.output_dir={output_dir}", *overrides],
+                       return_hydra_config=return_hydra_config)
 
 
 def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -105,9 +105,35 @@ def test_empty_split_is_an_error(tmp_path, corpus):
         read_lines(corpus / "valid.txt")
 
 
-def test_too_short_split_is_an_error():
-    with pytest.raises(DataError, match="too short"):
-        BPTTWindows(torch.zeros(1, 4, dtype=torch.long), 5)
+def test_split_without_final_newline_is_an_error(corpus):
+    path = corpus / "valid.txt"
+    path.write_text(path.read_text().rstrip("\n"))
+    with pytest.raises(DataError, match="does not end with a newline"):
+        read_lines(path)
+
+
+def test_split_smaller_than_one_batch_of_windows_is_an_error(corpus):
+    dm = CorpusDataModule(str(corpus), batch_size=4, eval_batch_size=2, bptt=8)
+    dm.setup()  # the generated corpus is large enough
+    (corpus / "test.txt").write_text("w1 w2 w3\n")
+    with pytest.raises(DataError, match=r"test split has 4 tokens.*2 streams x 9 steps"):
+        CorpusDataModule(str(corpus), batch_size=4, eval_batch_size=2, bptt=8).setup()
+
+
+def test_window_loader_starts_one_pass_at_a_given_window(corpus):
+    dm = CorpusDataModule(str(corpus), batch_size=4, eval_batch_size=2, bptt=8)
+    dm.setup()
+    loader = dm.train_dataloader()
+    everything = [x for x, _ in loader]
+    loader.start_at(3)
+    rest = [x for x, _ in loader]
+    assert len(rest) == len(everything) - 3
+    assert all(torch.equal(a, b) for a, b in zip(rest, everything[3:]))
+    assert len([x for x, _ in loader]) == len(everything)  # the next pass starts from the beginning
+
+    loader.load_state_dict(loader.state_dict())
+    with pytest.raises(ConfigError, match="data.batch_size and data.bptt"):
+        loader.load_state_dict({"windows": len(everything) + 1})
 
 
 @pytest.mark.parametrize("key", ["batch_size", "eval_batch_size", "bptt"])

@@ -90,7 +90,7 @@ def test_loss_is_float32_under_bf16_inputs(inputs):
     assert out.total.dtype == torch.float32 and torch.isfinite(out.total)
 
 
-@pytest.mark.parametrize("kw", [{"alpha": -1.0}, {"tau": 0.0}, {"tau": -2.0}])
+@pytest.mark.parametrize("kw", [{"alpha": -1.0}, {"alpha": 0.0}, {"tau": 0.0}, {"tau": -2.0}])
 def test_bad_alpha_or_tau_is_a_config_error(kw):
     with pytest.raises(ConfigError):
         AugmentedLoss(**kw)

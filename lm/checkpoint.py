@@ -1,0 +1,74 @@
+"""Checkpoints: written atomically, read with a clear error, checked against the run before use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins import TorchCheckpointIO
+from torch import nn
+
+from lm.errors import ConfigError, DataError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes ``<name>.tmp`` beside the target, flushes it to disk, then renames it over the target.
+
+    A rename within one folder is atomic, so a crash or a kill mid-write leaves the previous
+    checkpoint intact. (Lightning's default writes through a temporary file that may sit on
+    another file system, where the final move is a copy.)
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's contents, or one clear error if the file is missing, truncated or not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint {path} does not exist; pass the path of a .ckpt file written by train.py.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a damaged file
+        raise DataError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): it is "
+            "truncated or corrupt. Use another checkpoint of the run (checkpoints/last.ckpt or best.ckpt)."
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise DataError(f"{path} is not a checkpoint written by train.py (it holds no model state_dict).")
+    return checkpoint
+
+
+def check_compatible(checkpoint: dict[str, Any], path, model: nn.Module, vocab: list[str] | None) -> None:
+    """Refuse a checkpoint from another vocabulary or another model size or variant, naming the difference."""
+    saved_vocab = checkpoint.get("vocab")
+    if vocab is not None and saved_vocab is not None and saved_vocab != vocab:
+        first = next((i for i, (a, b) in enumerate(zip(saved_vocab, vocab)) if a != b), min(len(saved_vocab), len(vocab)))
+        raise DataError(
+            f"checkpoint {path} was trained on another vocabulary ({len(saved_vocab)} words; this data has "
+            f"{len(vocab)}, first difference at index {first}). Point data.data_dir at the corpus it was trained on."
+        )
+    saved = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    expected = model.state_dict()
+    missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+    if missing or unexpected:
+        raise ConfigError(
+            f"checkpoint {path} holds another model variant (parameters only in the checkpoint: {unexpected or 'none'}; "
+            f"only in this model: {missing or 'none'}). Pass the model=... overrides of the run that wrote it."
+        )
+    for name, tensor in expected.items():
+        if saved[name].shape != tensor.shape:
+            raise ConfigError(
+                f"checkpoint {path} holds another model size: {name} is {tuple(saved[name].shape)} there and "
+                f"{tuple(tensor.shape)} here. Pass the size=... / model.* overrides of the run that wrote it."
+            )

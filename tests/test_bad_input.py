@@ -1,0 +1,165 @@
+"""Every bad input a user can give the entry points: one clear line, a non-zero exit, nothing lost.
+
+Each case runs the real script in a subprocess against the output folder of an earlier, good run
+and checks that the files that run wrote are byte-for-byte intact afterwards.
+"""
+
+import hashlib
+import shutil
+
+import pytest
+import torch
+
+from conftest import TINY, run_script, write_corpus
+from test_download import _serve, _Truncating
+
+
+def _snapshot(run_dir):
+    # .hydra/ and the log are rewritten by every run pointed at the folder; the results must not be.
+    return {
+        p.relative_to(run_dir): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"
+    }
+
+
+@pytest.fixture(scope="module")
+def earlier_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bad_input")
+    corpus = write_corpus(base / "corpus")
+    run_dir = base / "run"
+    result = run_script("train.py", *TINY, f"data.data_dir={corpus}", "trainer.max_epochs=1",
+                        "trainer.limit_train_batches=5", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return corpus, run_dir
+
+
+def _check(result, run_dir, before, *fragments, returncode=2):
+    assert result.returncode == returncode, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr[-3000:])
+    assert _snapshot(run_dir) == before
+
+
+def _train(corpus, run_dir, *overrides, base=TINY):
+    return run_script("train.py", *base, f"data.data_dir={corpus}", "trainer.max_epochs=1",
+                      "trainer.limit_train_batches=5", f"hydra.run.dir={run_dir}", *overrides)
+
+
+def _damage(corpus, tmp_path, how):
+    data = tmp_path / "data"
+    shutil.copytree(corpus, data)
+    how(data)
+    return data
+
+
+CORPUS_CASES = {
+    "missing_folder": (lambda d: shutil.rmtree(d), ["missing split(s) train, valid, test", "data.data_dir"]),
+    "missing_split": (lambda d: (d / "test.txt").unlink(), ["missing split(s) test", "PTB_DIR"]),
+    "empty_split": (lambda d: (d / "valid.txt").write_text(""), ["valid.txt is empty"]),
+    "no_final_newline": (lambda d: (d / "train.txt").write_text("w1 w2 w3\nw4 w5"), ["does not end with a newline"]),
+    "not_utf8": (lambda d: (d / "train.txt").write_bytes(b"w1 \xff\xfe w2\n"), ["is not UTF-8"]),
+    "smaller_than_one_batch": (lambda d: (d / "test.txt").write_text("w1 w2\n"),
+                               ["test split has 3 tokens, fewer than one batch"]),
+}
+
+
+@pytest.mark.parametrize("case", CORPUS_CASES)
+def test_bad_corpus(earlier_run, tmp_path, case):
+    corpus, run_dir = earlier_run
+    before = _snapshot(run_dir)
+    how, fragments = CORPUS_CASES[case]
+    _check(_train(_damage(corpus, tmp_path, how), run_dir), run_dir, before, *fragments)
+
+
+def test_checksum_mismatch(earlier_run):
+    corpus, run_dir = earlier_run
+    before = _snapshot(run_dir)
+    base = [o for o in TINY if not o.startswith("data.sha256")]
+    result = _train(corpus, run_dir, "~data.sha256", "+data.sha256={train.txt: " + "0" * 64 + "}", base=base)
+    _check(result, run_dir, before, "does not match its known SHA-256", "Delete it to download it again")
+
+
+def test_interrupted_download_leaves_no_partial_file(earlier_run, tmp_path):
+    _, run_dir = earlier_run
+    before = _snapshot(run_dir)
+    server, url = _serve(tmp_path, _Truncating)
+    try:
+        dest = tmp_path / "fresh"
+        result = run_script("train.py", *[o for o in TINY if not o.startswith("data.")], f"data.data_dir={dest}",
+                            f"data.url={url}", f"hydra.run.dir={run_dir}")
+    finally:
+        server.shutdown()
+    _check(result, run_dir, before, "could not download", "data.data_dir")
+    assert not dest.exists() or not any(dest.iterdir())
+
+
+CONFIG_CASES = {
+    "alpha_zero": (["loss=augmented", "loss.alpha=0"], "loss.alpha must be > 0"),
+    "alpha_negative": (["loss=augmented", "loss.alpha=-0.5"], "loss.alpha must be > 0"),
+    "tau_zero": (["loss=augmented", "loss.tau=0"], "loss.tau must be > 0"),
+    "bptt_zero": (["data.bptt=0"], "data.bptt must be a positive integer"),
+    "batch_negative": (["data.batch_size=-4"], "data.batch_size must be a positive integer"),
+    "dropout_one": (["model.dropout_hidden=1.0"], "model.dropout_hidden must be in [0, 1)"),
+    "dropout_negative": (["model.dropout_emb=-0.1"], "model.dropout_emb must be in [0, 1)"),
+    "tied_sizes": (["model=tied", "model.emb_size=8"], "model.emb_size == model.hidden_size"),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES)
+def test_bad_config_value(earlier_run, case):
+    corpus, run_dir = earlier_run
+    before = _snapshot(run_dir)
+    overrides, fragment = CONFIG_CASES[case]
+    _check(_train(corpus, run_dir, *overrides), run_dir, before, "error: ", fragment)
+
+
+def test_unknown_config_option_lists_the_choices(earlier_run):
+    corpus, run_dir = earlier_run
+    before = _snapshot(run_dir)
+    result = _train(corpus, run_dir, "model=tide")
+    _check(result, run_dir, before, "Could not find 'model/tide'", "tied", "untied", returncode=1)
+
+
+def test_unwritable_output_folder(earlier_run, tmp_path):
+    corpus, _ = earlier_run
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = run_script("train.py", *TINY, f"data.data_dir={corpus}", f"hydra.run.dir={blocker / 'run'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"cannot write the output folder {blocker / 'run'}" in result.stderr and "hydra.run.dir" in result.stderr
+    assert blocker.read_text() == "not a folder"
+
+
+def _bad_checkpoints(run_dir, corpus, tmp_path):
+    good = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    corrupt, truncated = tmp_path / "corrupt.ckpt", tmp_path / "truncated.ckpt"
+    corrupt.write_bytes(b"\x00garbage" * 100)
+    truncated.write_bytes(good[: len(good) // 2])
+    other_vocab_corpus = write_corpus(tmp_path / "other_corpus", n_words=30, seed=5)
+    return {
+        "corrupt": (corrupt, [], "truncated or corrupt"),
+        "truncated": (truncated, [], "truncated or corrupt"),
+        "missing": (tmp_path / "nope.ckpt", [], "does not exist"),
+        "other_vocabulary": (run_dir / "checkpoints" / "last.ckpt", [f"data.data_dir={other_vocab_corpus}"],
+                             "trained on another vocabulary"),
+        "other_size": (run_dir / "checkpoints" / "last.ckpt", ["model.emb_size=24", "model.hidden_size=24"],
+                       "holds another model size"),
+        "other_variant": (run_dir / "checkpoints" / "last.ckpt", ["model=untied"], "holds another model variant"),
+    }
+
+
+@pytest.mark.parametrize("script, case", [
+    *(("evaluate.py", c) for c in ("corrupt", "truncated", "missing", "other_vocabulary", "other_size", "other_variant")),
+    ("train.py", "truncated"), ("train.py", "other_size"),  # resuming goes through the same checks
+])
+def test_bad_checkpoint(earlier_run, tmp_path, script, case):
+    corpus, run_dir = earlier_run
+    before = _snapshot(run_dir)
+    path, overrides, fragment = _bad_checkpoints(run_dir, corpus, tmp_path)[case]
+    out = run_dir if script == "train.py" else tmp_path / "eval"
+    result = run_script(script, *TINY, f"data.data_dir={corpus}", f"ckpt_path={path}", f"hydra.run.dir={out}",
+                        *overrides)
+    _check(result, run_dir, before, fragment)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5

@@ -1,0 +1,63 @@
+"""Two CPU processes (gloo) against one: the same perplexity, the same update, one run folder."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, run_script
+
+DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+# No dropout: each process draws its own masks, so only a deterministic model can match exactly.
+NO_DROPOUT = ["model.dropout_emb=0", "model.dropout_hidden=0", "model.dropout_out=0"]
+
+
+def _train(corpus, run_dir, *overrides):
+    result = run_script("train.py", *TINY, f"data.data_dir={corpus}", *NO_DROPOUT, f"hydra.run.dir={run_dir}",
+                        *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    if "trainer=ddp" in overrides:
+        assert "MEMBER: 2/2" in result.stderr  # two processes really ran
+    return run_dir
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_one_step_on_two_processes_equals_one_process_with_all_streams(corpus, tmp_path):
+    one_step = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=2",
+                "loss=augmented", "model=untied"]
+    single = _train(corpus, tmp_path / "single", *one_step)
+    ddp = _train(corpus, tmp_path / "ddp", *one_step, *DDP)
+    a, b = _weights(single), _weights(ddp)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+    # The same step with lr 0 leaves the initial weights: the step moved them, so the match says something.
+    initial = _weights(_train(corpus, tmp_path / "zero", *one_step, "optim.optimizer.lr=0"))
+    assert any(not torch.equal(a[n], w) for n, w in initial.items())
+
+    assert [p.relative_to(ddp) for p in ddp.rglob("metrics.json")] == [Path("metrics.json")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "ddp", "single", "zero"]
+
+
+def test_ddp_validation_perplexity_of_a_checkpoint_equals_single_process(corpus, tmp_path):
+    run_dir = _train(corpus, tmp_path / "run", "trainer.max_epochs=1", "trainer.limit_train_batches=10")
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    scores = {}
+    for name, extra in (("single", []), ("ddp", DDP)):
+        result = run_script("evaluate.py", *TINY, f"data.data_dir={corpus}", f"ckpt_path={ckpt}",
+                            f"hydra.run.dir={tmp_path / ('eval_' + name)}", *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        scores[name] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert scores["ddp"]["val/ppl"] == pytest.approx(scores["single"]["val/ppl"], rel=1e-5)
+    assert scores["ddp"]["test/ppl"] == pytest.approx(scores["single"]["test/ppl"], rel=1e-5)
+
+
+def test_batch_not_divisible_by_processes_is_one_clear_line(corpus, tmp_path):
+    result = run_script("train.py", *TINY, f"data.data_dir={corpus}", "data.batch_size=3", *DDP,
+                        f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert "not divisible by the 2 DDP processes" in result.stderr

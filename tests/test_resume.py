@@ -1,0 +1,160 @@
+"""Stopping and resuming: a run stopped anywhere and resumed ends exactly where an unbroken run ends."""
+
+import os
+import signal
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from conftest import TINY, compose_cfg
+from lm.build import build_datamodule, build_task, build_trainer
+from lm.callbacks import StopRequested
+from lm.module import NonFiniteLoss
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+# Dropout on, so that a resumed run only matches if the RNG state is restored too.
+RUN = ["trainer.max_epochs=3", "trainer.num_sanity_val_steps=0", "model.dropout_emb=0.3",
+       "model.dropout_hidden=0.3", "model.dropout_out=0.3", "optim.lr_schedule.after_epoch=1",
+       "alpha_schedule=linear", "alpha_schedule.unit=step", "alpha_schedule.length=50"]
+
+
+class ValHistory(pl.Callback):
+    def __init__(self):
+        self.val = []
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self.val.append(float(trainer.callback_metrics["val/ppl"]))
+
+
+class SignalAt(pl.Callback):
+    """Sends this process a signal after the given global step, as a scheduler or a user would."""
+
+    def __init__(self, step: int, signum: int):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def _fit(corpus, out_dir, *extra_callbacks, ckpt_path=None):
+    cfg = compose_cfg([*TINY, f"data.data_dir={corpus}", *RUN], out_dir)
+    pl.seed_everything(cfg.seed)
+    dm = build_datamodule(cfg)
+    task = build_task(cfg, dm)
+    trainer = build_trainer(cfg, with_logger=False)
+    history = ValHistory()
+    trainer.callbacks.extend([history, *extra_callbacks])
+    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    return trainer, task, history.val
+
+
+def _params(task):
+    return {k: v.clone() for k, v in task.model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory):
+    from conftest import write_corpus
+
+    corpus = write_corpus(tmp_path_factory.mktemp("corpus"))
+    trainer, task, val = _fit(corpus, tmp_path_factory.mktemp("unbroken"))
+    return corpus, trainer.num_training_batches, val, _params(task)
+
+
+@pytest.mark.parametrize("signum, exc", [(signal.SIGTERM, SIGTERMException), (signal.SIGINT, StopRequested)])
+@pytest.mark.parametrize("where", ["mid_epoch", "epoch_end"])
+def test_stop_and_resume_matches_an_unbroken_run(unbroken, tmp_path, signum, exc, where):
+    corpus, per_epoch, val_unbroken, params_unbroken = unbroken
+    stop_step = per_epoch + per_epoch // 2 if where == "mid_epoch" else per_epoch
+    with pytest.raises(exc):
+        _fit(corpus, tmp_path, SignalAt(stop_step, signum))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    # SaveOnStop looks for a Ctrl-C before SignalAt sends it within the same step, so it sees it one step later.
+    assert saved["global_step"] == stop_step + (signum == signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+
+    trainer, task, val_resumed = _fit(corpus, tmp_path, ckpt_path=str(last))
+    assert trainer.global_step == 3 * per_epoch
+    assert val_resumed[-1] == pytest.approx(val_unbroken[-1], rel=1e-4)
+    for name, value in _params(task).items():
+        torch.testing.assert_close(value, params_unbroken[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_resume_without_the_saved_state_would_differ(unbroken, tmp_path):
+    """The comparison above can fail: dropping the carried LSTM state and RNG state changes the result."""
+    corpus, per_epoch, val_unbroken, _ = unbroken
+    with pytest.raises(SIGTERMException):
+        _fit(corpus, tmp_path, SignalAt(per_epoch + 3, signal.SIGTERM))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    del saved["rng"], saved["train_hidden"]
+    torch.save(saved, last)
+    _, _, val_resumed = _fit(corpus, tmp_path, ckpt_path=str(last))
+    assert val_resumed[-1] != pytest.approx(val_unbroken[-1], rel=1e-4)
+
+
+class PoisonLoss(pl.Callback):
+    """Makes the model produce NaN from the given step on."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.model.embedding.weight[0].fill_(float("nan"))
+                pl_module.model.embedding.weight[batch[0].flatten()].fill_(float("nan"))
+
+
+def test_non_finite_loss_stops_and_keeps_the_best_checkpoint(unbroken, tmp_path):
+    corpus, per_epoch, _, _ = unbroken
+    with pytest.raises(NonFiniteLoss) as err:
+        _fit(corpus, tmp_path, PoisonLoss(per_epoch + 5))
+    message = str(err.value)
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    assert f"at step {per_epoch + 5} " in message and "nan" in message
+    assert str(tmp_path / "checkpoints" / "last.ckpt") in message
+    assert "optim.optimizer.lr" in message
+    saved = torch.load(best, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == per_epoch  # written after epoch 0, not replaced
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+    assert not (tmp_path / "checkpoints" / "last.ckpt.tmp").exists()
+
+
+def test_train_script_killed_with_sigterm_resumes_to_the_same_result(tmp_path):
+    """As on a cluster: SIGTERM at an arbitrary moment, then the same command with resume=true."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, run_script, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    args = [*TINY, f"data.data_dir={corpus}", *RUN, "trainer.max_epochs=4"]
+    straight = run_script("train.py", *args, f"hydra.run.dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    run_dir = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "stopped by SIGTERM" in stderr and "resume=true" in stderr
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = run_script("train.py", *args, f"hydra.run.dir={run_dir}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    b = json.loads((run_dir / "metrics.json").read_text())
+    assert b["epochs"] == a["epochs"] == 4
+    assert b["val/ppl"] == pytest.approx(a["val/ppl"], rel=1e-4)
+    assert b["test/ppl"] == pytest.approx(a["test/ppl"], rel=1e-4)
