@@ -32,6 +32,7 @@ def build_task(cfg: DictConfig, datamodule: CorpusDataModule) -> LanguageModelTa
         alpha_schedule=alpha_schedule,
         vocab=datamodule.vocab.itos,
         sum_over_time=cfg.optim.sum_over_time,
+        model_config=OmegaConf.to_container(cfg.model, resolve=True),
     )
 
 

@@ -12,13 +12,17 @@ With the factor tau, dJ/dz_t = softmax(z_t) - onehot(y*_t) + alpha * (y^_t - y~_
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import logging
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lm.errors import ConfigError
+
+log = logging.getLogger(__name__)
+COMPILE_MIN_VOCAB = 2048  # compile="auto": below this the (N, V) passes are too cheap to repay compiling
 
 
 class LossOutput(NamedTuple):
@@ -45,8 +49,12 @@ class AugmentedLoss(nn.Module):
 
     uses_alpha = True
 
-    def __init__(self, alpha: float = 0.5, tau: float = 1.0, target_grad: bool = False, chunk_elements: int = 1 << 23):
+    def __init__(self, alpha: float = 0.5, tau: float = 1.0, target_grad: bool = False, chunk_elements: int = 1 << 23,
+                 compile: bool | str = "auto"):
         super().__init__()
+        if compile not in (True, False, "auto"):
+            raise ConfigError(f"loss.compile must be true, false or auto, got {compile!r}.")
+        self.compile = compile
         if not alpha > 0:
             raise ConfigError(f"loss.alpha must be > 0, got {alpha}. (alpha 0 is cross-entropy: use loss=ce.)")
         if not tau > 0:
@@ -57,11 +65,13 @@ class AugmentedLoss(nn.Module):
         self.chunk_elements = chunk_elements
 
     def forward(self, logits, targets, embedding, alpha: float) -> LossOutput:
-        return augmented_loss(logits, targets, embedding, alpha, self.tau, self.target_grad, self.chunk_elements)
+        compiled = self.compile is True or (self.compile == "auto" and logits.size(-1) >= COMPILE_MIN_VOCAB)
+        return augmented_loss(logits, targets, embedding, alpha, self.tau, self.target_grad, self.chunk_elements,
+                              compiled)
 
 
 def augmented_loss(logits, targets, embedding, alpha: float, tau: float, target_grad: bool = False,
-                   chunk_elements: int = 1 << 23) -> LossOutput:
+                   chunk_elements: int = 1 << 23, compiled: bool = False) -> LossOutput:
     """The augmented loss with its gradient in closed form.
 
     Autograd through softmax, log-softmax and KL would keep several (N, V) intermediates alive and
@@ -69,19 +79,78 @@ def augmented_loss(logits, targets, embedding, alpha: float, tau: float, target_
     (at most ``chunk_elements`` elements per temporary), the gradient with respect to the logits,
     ``(softmax(z) - onehot(y*) + alpha * (softmax(z / tau) - y~)) / N``, which backward only scales.
     ``y~`` is computed once per distinct target word in the batch, not once per token.
+
+    ``compiled=True`` runs the per-token work through ``torch.compile``, which fuses the gather of
+    ``y~``, both softmaxes, the KL sum and the gradient into about two passes over each chunk (the
+    eager code needs eight); where compiling fails (no C++ compiler, no Triton) it warns once and
+    stays eager. The gradient-through-target option always runs eagerly.
     """
-    return LossOutput(*_FusedAugmentedLoss.apply(logits, targets, embedding, alpha, tau, target_grad, chunk_elements))
+    return LossOutput(*_FusedAugmentedLoss.apply(logits, targets, embedding, alpha, tau, target_grad, chunk_elements,
+                                                 compiled and not target_grad))
+
+
+def _target_terms(rows: torch.Tensor, emb: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """y~ for each distinct target word (U, V), and its sum y~ log y~ (U,)."""
+    log_target = torch.log_softmax(rows @ emb.t() / tau, dim=-1)
+    target_probs = log_target.exp()
+    return target_probs, (target_probs * log_target).sum(-1)
+
+
+def _token_terms(z, y, u, target_probs, alpha, tau, inv_n, tau_is_one: bool):
+    """For a chunk of rows: sum of CE, sum of <y~, log y^>, and the gradient of the mean total loss
+    w.r.t. z. Written without in-place ops so that torch.compile can fuse it."""
+    log_p = z - torch.logsumexp(z, dim=-1, keepdim=True)
+    ce_sum = -log_p.gather(1, y[:, None]).sum()
+    p = torch.exp(log_p)
+    if tau_is_one:
+        log_pred, pred = log_p, p
+    else:
+        log_pred = z / tau - torch.logsumexp(z / tau, dim=-1, keepdim=True)
+        pred = torch.exp(log_pred)
+    target = target_probs[u]
+    cross_sum = (target * log_pred).sum()
+    onehot = (torch.arange(z.size(1), device=z.device) == y[:, None]).to(z.dtype)
+    return ce_sum, cross_sum, (p + alpha * (pred - target) - onehot) * inv_n
+
+
+class _Compiled:
+    """``torch.compile(fn)`` that falls back to ``fn`` for good, with one warning, if compiling fails."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.compiled: Callable | None = None
+        self.failed = False
+
+    def __call__(self, *args):
+        if self.failed:
+            return self.fn(*args)
+        if self.compiled is None:
+            self.compiled = torch.compile(self.fn, dynamic=True)
+        try:
+            return self.compiled(*args)
+        except Exception as exc:  # a missing compiler or backend; a real bug fails again below
+            log.warning("torch.compile of %s failed (%s: %s); the augmented loss runs eagerly, more slowly "
+                        "(loss.compile=false silences this)", self.fn.__name__, type(exc).__name__, exc)
+            self.failed = True
+            return self.fn(*args)
+
+
+_compiled_target_terms = _Compiled(_target_terms)
+_compiled_token_terms = _Compiled(_token_terms)
 
 
 class _FusedAugmentedLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, targets, embedding, alpha, tau, target_grad, chunk_elements):
+    def forward(ctx, logits, targets, embedding, alpha, tau, target_grad, chunk_elements, compiled):
         n, v = logits.shape
         # float32 throughout, also under bf16/fp16 autocast: softmax, log and KL need the range.
         with torch.autocast(device_type=logits.device.type, enabled=False):
             emb = embedding.detach().float()
             words, inverse = torch.unique(targets, return_inverse=True)  # words: (U,), inverse: (N,)
             rows = emb[words]  # (U, d)
+            if compiled:
+                return _FusedAugmentedLoss._compiled_forward(ctx, logits, targets, words, inverse, rows, emb, alpha,
+                                                             tau, chunk_elements)
             log_target = torch.log_softmax(rows @ emb.t() / tau, dim=-1)  # (U, V): log y~ per distinct word
             target_probs = log_target.exp()  # (U, V): y~
             neg_entropy = (target_probs * log_target).sum(-1)  # (U,): sum y~ log y~
@@ -124,11 +193,40 @@ class _FusedAugmentedLoss(torch.autograd.Function):
                 grad_emb.index_add_(0, words, grad_s @ emb)  # through each target word's own row
                 grad_emb = grad_emb.to(embedding.dtype)
 
+        return _FusedAugmentedLoss._finish(ctx, logits, grad, grad_emb, ce_sum, kl_sum, alpha, tau)
+
+    @staticmethod
+    def _compiled_forward(ctx, logits, targets, words, inverse, rows, emb, alpha, tau, chunk_elements):
+        n, v = logits.shape
+        target_probs, neg_entropy = _compiled_target_terms(rows, emb, tau)
+        # Tensors, not floats: a float would be baked into the compiled code and recompiled per alpha value.
+        alpha_t = torch.tensor(alpha, dtype=torch.float32, device=logits.device)
+        tau_t = torch.tensor(tau, dtype=torch.float32, device=logits.device)
+        inv_n = torch.tensor(1.0 / n, dtype=torch.float32, device=logits.device)
+        chunk = max(1, chunk_elements // v)
+        grad = None if chunk >= n else torch.empty(n, v, dtype=torch.float32, device=logits.device)
+        ce_sum = kl_sum = 0.0
+        for start in range(0, n, chunk):
+            end = min(start + chunk, n)
+            u = inverse[start:end]
+            ce_part, cross, g = _compiled_token_terms(logits[start:end].float(), targets[start:end], u, target_probs,
+                                                      alpha_t, tau_t, inv_n, tau == 1.0)
+            ce_sum = ce_sum + ce_part
+            kl_sum = kl_sum + neg_entropy[u].sum() - cross
+            if grad is None:
+                grad = g  # one chunk: the kernel's output is the buffer
+            else:
+                grad[start:end] = g
+        return _FusedAugmentedLoss._finish(ctx, logits, grad, None, ce_sum, kl_sum, alpha, tau)
+
+    @staticmethod
+    def _finish(ctx, logits, grad, grad_emb, ce_sum, kl_sum, alpha, tau):
+        n = logits.size(0)
         ce = ce_sum / n
         kl = kl_sum / n
         ctx.save_for_backward(grad, grad_emb)
         ctx.logits_dtype = logits.dtype
-        ctx.target_grad = target_grad
+        ctx.target_grad = grad_emb is not None
         ctx.backward_done = False
         ctx.mark_non_differentiable(ce, kl)
         return ce + alpha * tau * kl, ce, kl
@@ -142,4 +240,4 @@ class _FusedAugmentedLoss(torch.autograd.Function):
         # In place: the buffer is this step's alone, and not allocating a second (N, V) tensor is the point.
         grad_logits = grad.mul_(grad_total).to(ctx.logits_dtype)
         grad_embedding = grad_emb * grad_total if ctx.target_grad else None
-        return grad_logits, None, grad_embedding, None, None, None, None
+        return grad_logits, None, grad_embedding, None, None, None, None, None

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from lm.analysis import subspace_distance
 from lm.errors import ConfigError, UserError
 from lm.losses import AugmentedLoss
 from lm.metrics import Perplexity
@@ -63,6 +64,7 @@ class LanguageModelTask(pl.LightningModule):
         alpha_schedule: Schedule | None = None,
         vocab: list[str] | None = None,
         sum_over_time: bool = True,
+        model_config: dict | None = None,
     ):
         super().__init__()
         self.model = model
@@ -78,6 +80,7 @@ class LanguageModelTask(pl.LightningModule):
         self.alpha_schedule = alpha_schedule
         self.vocab = vocab
         self.sum_over_time = sum_over_time
+        self.model_config = model_config  # saved with checkpoints, so that scripts can rebuild the model
         self.val_ppl = Perplexity()
         self.test_ppl = Perplexity()
         self._hidden: dict[str, Hidden | None] = {"train": None, "val": None, "test": None}
@@ -128,16 +131,24 @@ class LanguageModelTask(pl.LightningModule):
         self._hidden["train"] = detach_hidden(hidden)
         alpha = self.current_alpha(batch_idx)
         out = self.loss(logits.view(-1, logits.size(-1)), y.reshape(-1), self.model.embedding.weight, alpha)
-        n = y.numel()
-        self.log("train/loss", out.total, prog_bar=True, batch_size=n)
-        self.log("train/ppl", torch.exp(out.ce.detach()), prog_bar=True, batch_size=n)
-        if getattr(self.loss, "uses_alpha", False):
-            self.log("train/kl", out.kl, batch_size=n)
-            self.log("alpha", alpha, batch_size=n)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
+        if self._logging_step():
+            n = y.numel()
+            self.log("train/loss", out.total, prog_bar=True, batch_size=n)
+            self.log("train/ppl", torch.exp(out.ce.detach()), prog_bar=True, batch_size=n)
+            if getattr(self.loss, "uses_alpha", False):
+                self.log("train/kl", out.kl, batch_size=n)
+                self.log("alpha", alpha, batch_size=n)
+            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         self._check_finite(out.total.detach(), batch_idx)
         self._windows_done = batch_idx + 1
         return out.total * x.size(0) if self.sum_over_time else out.total
+
+    def _logging_step(self) -> bool:
+        """Whether Lightning writes step metrics after this step (every ``log_every_n_steps``). Each
+        ``self.log`` costs about a millisecond on a CPU, so the other steps skip it."""
+        trainer = self.trainer
+        every = trainer.log_every_n_steps
+        return bool(trainer.fast_dev_run) or (every > 0 and (self.global_step + 1) % every == 0)
 
     # -- non-finite loss guard --------------------------------------------------------------
     def _check_finite(self, loss: torch.Tensor | None, batch_idx: int = 0) -> None:
@@ -175,6 +186,12 @@ class LanguageModelTask(pl.LightningModule):
         ce = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.reshape(-1))
         metric.update(ce, y.numel())
 
+    def on_validation_epoch_end(self) -> None:
+        if not self.model.tie_weights and not self.trainer.sanity_checking:
+            # Section 6.2 of the paper: the augmented loss pulls W toward the span of L.
+            distance = subspace_distance(self.model.decoder.weight, self.model.embedding.weight)
+            self.log("subspace_distance", distance, on_epoch=True, sync_dist=False)
+
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step("val", self.val_ppl, batch)
         self.log("val/ppl", self.val_ppl, prog_bar=True, on_step=False, on_epoch=True)
@@ -205,6 +222,8 @@ class LanguageModelTask(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.vocab is not None:
             checkpoint["vocab"] = self.vocab
+        if self.model_config is not None:
+            checkpoint["model_config"] = self.model_config
         hidden = self._hidden["train"]
         checkpoint["train_hidden"] = None if hidden is None else [(h.cpu(), c.cpu()) for h, c in hidden]
         checkpoint["train_windows_done"] = self._windows_done

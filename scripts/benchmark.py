@@ -14,6 +14,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -69,8 +71,8 @@ _cpu_baseline_mb: float | None = None
 
 def peak_mb(device) -> float | None:
     """Peak memory of the timed steps. CUDA: the allocator's peak. CPU (Linux): the peak resident set
-    since ``reset_peak`` minus the resident set then, i.e. what the steps added at most (large tensors
-    are mmap-ed and returned on free, so the resident set follows live tensor memory)."""
+    since ``reset_peak`` minus the resident set then, i.e. what the steps added at most (meaningful
+    in the ``cpu_peaks`` child, where freed blocks leave the resident set)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     peak = _proc_status_mb("VmHWM")
@@ -162,6 +164,19 @@ def eval_loop(args, data, vocab, device) -> list[float]:
     return times
 
 
+def cpu_peaks(args) -> dict:
+    """CPU peak memory per variant, measured in a child process in which glibc returns every large
+    block to the system on free (fixed mmap threshold), so that the resident set follows live tensor
+    memory. In this process freed blocks stay resident and would hide the peak."""
+    child = [a for a in sys.argv[1:] if a != "--json"] + ["--memory-only", "--rounds", "1", "--steps", "3"]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    result = subprocess.run([sys.executable, __file__, *child], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"CPU peak memory not measured: {result.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return {}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=SIZES, default="small")
@@ -171,13 +186,14 @@ def main() -> None:
     parser.add_argument("--tied", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--tau", type=float, default=1.0)
-    parser.add_argument("--steps", type=int, default=40, help="timed steps per variant")
+    parser.add_argument("--steps", type=int, default=15, help="timed steps per variant and round")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="run all variants this many times, interleaved, so none profits from going last")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="run all variants this many times, interleaved and in rotating order, so that a slow spell of a shared machine hits all alike")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the CPU peak child
     args = parser.parse_args()
     pl.seed_everything(0, verbose=False)
     device = torch.device(args.device)
@@ -191,18 +207,24 @@ def main() -> None:
         "lightning_ce": lambda: lightning_loop(args, data, vocab, device, CrossEntropyLoss()),
         "lightning_al": lambda: lightning_loop(args, data, vocab, device, AugmentedLoss(args.alpha, args.tau)),
     }
+    if args.memory_only:
+        print(json.dumps({name: run()[1] for name, run in variants.items()}))
+        return
     times = {k: [] for k in variants}
     peaks = {k: [] for k in variants}
     eval_times = []
-    for _ in range(args.rounds):
-        for name, run in variants.items():
-            t, peak = run()
+    names = list(variants)
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate: none always goes first
+            t, peak = variants[name]()
             times[name] += t
             peaks[name].append(peak)
         eval_times += eval_loop(args, data, vocab, device)
 
     rate = {k: tokens / statistics.median(t) for k, t in times.items()}
     peak = {k: None if None in p else max(p) for k, p in peaks.items()}
+    if device.type == "cpu":
+        peak = cpu_peaks(args)
     out = {
         "plain_ce_tokens_per_s": rate["plain_ce"],
         "lightning_ce_tokens_per_s": rate["lightning_ce"],
@@ -210,8 +232,8 @@ def main() -> None:
         "eval_tokens_per_s": tokens / statistics.median(eval_times),
         "al_over_ce": rate["lightning_al"] / rate["lightning_ce"],
         "lightning_over_plain": rate["lightning_ce"] / rate["plain_ce"],
-        "peak_mb_ce": peak["lightning_ce"],
-        "peak_mb_al": peak["lightning_al"],
+        "peak_mb_ce": peak.get("lightning_ce"),
+        "peak_mb_al": peak.get("lightning_al"),
     }
     print(f"{args.size}, {'tied' if args.tied else 'untied'}, batch {args.batch} x "
           f"BPTT {args.bptt}, {source}, {args.device}, {torch.get_num_threads()} threads, "

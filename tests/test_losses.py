@@ -90,7 +90,7 @@ def test_loss_is_float32_under_bf16_inputs(inputs):
     assert out.total.dtype == torch.float32 and torch.isfinite(out.total)
 
 
-@pytest.mark.parametrize("kw", [{"alpha": -1.0}, {"alpha": 0.0}, {"tau": 0.0}, {"tau": -2.0}])
+@pytest.mark.parametrize("kw", [{"alpha": -1.0}, {"alpha": 0.0}, {"tau": 0.0}, {"tau": -2.0}, {"compile": "yes"}])
 def test_bad_alpha_or_tau_is_a_config_error(kw):
     with pytest.raises(ConfigError):
         AugmentedLoss(**kw)
@@ -125,9 +125,11 @@ def _model_grads(loss_fn, tied, seed=0, autocast=False, loss_in_autocast=True):
 @pytest.mark.parametrize("target_grad", [False, True])
 @pytest.mark.parametrize("chunk_elements", [1 << 23, 3 * V])  # one chunk; chunks of 3 rows
 @pytest.mark.parametrize("tau", [1.0, 0.8])  # tau = 1 takes its own path
-def test_fused_matches_straightforward_loss_and_every_parameter_gradient(tied, target_grad, chunk_elements, tau):
+@pytest.mark.parametrize("compiled", [False, True])  # eager in-place code; the torch.compile kernel
+def test_fused_matches_straightforward_loss_and_every_parameter_gradient(tied, target_grad, chunk_elements, tau,
+                                                                         compiled):
     alpha = 0.6
-    fused = AugmentedLoss(tau=tau, target_grad=target_grad, chunk_elements=chunk_elements)
+    fused = AugmentedLoss(tau=tau, target_grad=target_grad, chunk_elements=chunk_elements, compile=compiled)
     loss_f, grads_f = _model_grads(lambda z, y, L: fused(z, y, L, alpha).total, tied)
     loss_r, grads_r = _model_grads(lambda z, y, L: reference_augmented(z, y, L, alpha, tau, target_grad), tied)
     assert torch.allclose(loss_f, loss_r, rtol=1e-5)
@@ -135,10 +137,10 @@ def test_fused_matches_straightforward_loss_and_every_parameter_gradient(tied, t
         assert torch.allclose(grads_f[name], grads_r[name], rtol=1e-5, atol=1e-7), name
 
 
-@pytest.mark.parametrize("target_grad", [False, True])
-def test_fused_matches_straightforward_under_bf16_autocast(target_grad):
+@pytest.mark.parametrize("target_grad, compiled", [(False, False), (True, False), (False, True)])
+def test_fused_matches_straightforward_under_bf16_autocast(target_grad, compiled):
     alpha, tau = 0.5, 1.3
-    fused = AugmentedLoss(tau=tau, target_grad=target_grad)
+    fused = AugmentedLoss(tau=tau, target_grad=target_grad, compile=compiled)
     loss_f, grads_f = _model_grads(lambda z, y, L: fused(z, y, L, alpha).total, True, autocast=True)
     # The reference, under autocast, would run its similarity matmul in bf16; the fused loss keeps
     # float32 by itself, so it is compared with the reference computed outside autocast.
@@ -155,3 +157,18 @@ def test_fused_loss_leaves_its_inputs_alone(inputs):
     z_before = z.clone()
     AugmentedLoss(tau=0.5)(z, y, L, alpha=0.5)
     assert torch.equal(z, z_before)
+
+
+def test_compiled_kernel_is_really_compiled_and_not_recompiled_per_alpha():
+    from lm.losses import _compiled_token_terms
+
+    g = torch.Generator().manual_seed(3)
+    z, y, L = torch.randn(N, V, generator=g), torch.randint(0, V, (N,), generator=g), torch.randn(V, D, generator=g)
+    loss = AugmentedLoss(tau=1.0, compile=True)
+    loss(z, y, L, alpha=0.1)
+    assert not _compiled_token_terms.failed
+    frames_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert frames_before > 0
+    for alpha in (0.2, 0.3, 0.4):  # an alpha schedule changes alpha every step
+        loss(z, y, L, alpha=alpha)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames_before

@@ -89,3 +89,15 @@ def test_uniform_init_range():
     m = small(init_range=0.05)
     for name, p in m.named_parameters():
         assert p.abs().max() <= 0.05, name
+
+
+def test_subspace_distance_closed_forms():
+    from lm.analysis import subspace_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 4, generator=g)
+    mix = torch.randn(4, 4, generator=g)
+    assert subspace_distance(a, a @ mix) == pytest.approx(0.0, abs=1e-9)  # same span
+    e = torch.eye(50)
+    assert subspace_distance(e[:, :4], e[:, 4:8]) == pytest.approx(1.0)  # orthogonal spans
+    assert subspace_distance(e[:, :4], e[:, 2:6]) == pytest.approx(0.5)  # half the directions shared

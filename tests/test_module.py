@@ -141,3 +141,18 @@ def test_plateau_schedule_divides_lr_when_validation_stalls(corpus, tmp_path):
     scheduler.step(1.0)
     scheduler.step(2.0)  # worse: one stalled epoch is enough (patience 0)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25)
+
+
+def test_step_metrics_are_logged_exactly_on_the_steps_lightning_writes(corpus, tmp_path):
+    import csv
+
+    cfg, dm, task, _ = build(corpus, tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=7",
+                             "trainer.limit_val_batches=1", "trainer.log_every_n_steps=3")
+    from lm.build import build_trainer
+
+    trainer = build_trainer(cfg)  # with the CSV logger of conf/logger/csv.yaml
+    trainer.fit(task, datamodule=dm)
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    logged_steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert logged_steps == [2, 5]  # global steps 3 and 6, counted from 0
+    assert all(float(r["alpha"]) >= 0 and float(r["lr"]) == 1.0 for r in rows if r.get("train/loss"))

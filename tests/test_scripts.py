@@ -2,6 +2,7 @@
 
 import json
 import math
+from collections import Counter
 
 import pytest
 
@@ -26,6 +27,8 @@ def test_train_writes_metrics_and_evaluate_reproduces_them(corpus, tmp_path):
     best = run_dir / "checkpoints" / "best.ckpt"
     assert best.is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "vocab.txt").is_file() and (run_dir / "csv" / "metrics.csv").is_file()
+    header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "subspace_distance" in header  # the paper's W-to-span(L) distance, logged for untied models
 
     evaluated = run_script("evaluate.py", *TINY, f"data.data_dir={corpus}", "model=untied",
                            f"ckpt_path={best}", f"hydra.run.dir={tmp_path / 'eval'}")
@@ -76,3 +79,31 @@ def test_benchmark_prints_its_json_record():
     assert record["al_over_ce"] == pytest.approx(
         record["lightning_al_tokens_per_s"] / record["lightning_ce_tokens_per_s"])
     assert {"peak_mb_ce", "peak_mb_al"} <= set(record)
+
+
+def test_predict_and_neighbors_read_a_trained_checkpoint(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_script("train.py", *_common(corpus, run_dir), "model=tied", "loss=ce", "trainer.max_epochs=6",
+                        "trainer.limit_train_batches=null", "model.dropout_emb=0", "model.dropout_hidden=0",
+                        "model.dropout_out=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = str(run_dir / "checkpoints" / "best.ckpt")
+    # write_corpus's language: after each word comes one of two others 90% of the time.
+    train = (corpus / "train.txt").read_text().split()
+    followers = {}
+    for a, b in zip(train, train[1:]):
+        followers.setdefault(a, Counter())[b] += 1
+    predicted = run_script("predict.py", "w2 w3", "--ckpt", ckpt, "--k", "3")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    lines = [line.split() for line in predicted.stdout.strip().splitlines()]
+    assert len(lines) == 3 and all(0 < float(p) <= 1 for p, _ in lines)
+    assert lines[0][1] in [w for w, _ in followers["w3"].most_common(2)]  # it learnt the language
+
+    neighbors = run_script("neighbors.py", "w3", "--ckpt", ckpt, "--k", "5")
+    assert neighbors.returncode == 0, neighbors.stderr[-3000:]
+    probs = [float(line.split()[0]) for line in neighbors.stdout.strip().splitlines()]
+    assert len(probs) == 5 and probs == sorted(probs, reverse=True)
+    assert neighbors.stdout.split()[1] == "w3"  # a word is most similar to itself
+
+    missing = run_script("neighbors.py", "zebra", "--ckpt", ckpt)
+    assert missing.returncode == 1 and "error: 'zebra' is not in the checkpoint's vocabulary" in missing.stderr
