@@ -1,0 +1,40 @@
+"""The paper's table from any set of run or multirun folders, next to the paper's numbers, plus plots.
+
+    python scripts/report.py logs/reproduce/small [logs/multiruns/...] --out reports/small
+writes <out>/table.md, <out>/val_curves.png and, for runs that differ in alpha, <out>/alpha.png
+(the plots need matplotlib: pip install -e ".[report]").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lm.report import find_runs, markdown_table, plot_alpha_sweep, plot_val_curves
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", help="run folders, multirun folders, or folders holding them")
+    parser.add_argument("--out", default="reports", help="folder for table.md and the plots")
+    args = parser.parse_args()
+    runs = find_runs(args.paths)
+    if not runs:
+        sys.exit(f"error: no metrics.json below {', '.join(args.paths)}; point at folders written by train.py.")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(runs)
+    (out / "table.md").write_text(table)
+    print(table)
+    try:
+        written = [plot_val_curves(runs, out / "val_curves.png"), plot_alpha_sweep(runs, out / "alpha.png")]
+    except ImportError:
+        print('no plots: matplotlib is not installed (pip install -e ".[report]")', file=sys.stderr)
+        return
+    for path in filter(None, written):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""scripts/report.py and scripts/reproduce.py: the table from run folders, next to the paper's numbers."""
+
+import json
+
+import pytest
+
+from conftest import TINY, run_script
+
+
+def _fake_run(folder, model, loss, test_ppl, alpha=None, curve=(300.0, 200.0)):
+    folder.mkdir(parents=True)
+    metrics = {"val/ppl": min(curve), "test/ppl": test_ppl, "epochs": len(curve), "params": 1234, "model": model,
+               "size": "small", "loss": loss, "alpha": alpha, "wall_s": 7200.0}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "csv").mkdir()
+    rows = ["epoch,step,train/loss,val/ppl"] + [f"{e},{10 * e + 9},,{p}" for e, p in enumerate(curve)]
+    rows.insert(1, "0,4,5.0,")  # a training row without val/ppl
+    (folder / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_report_table_compares_with_the_paper_and_plots(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_run(runs / "real", "tied", "augmented", 80.7, alpha=0.5)
+    _fake_run(runs / "vd", "untied", "ce", 90.3)
+    _fake_run(runs / "sweep" / "0", "tied", "augmented", 84.0, alpha=0.1)
+    result = run_script("report.py", str(runs), "--out", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "report" / "table.md").read_text().splitlines()
+    assert len(table) == 2 + 3
+    vd = next(line for line in table if line.startswith("| VD |"))
+    real = next(line for line in table if "| REAL | small | 0.5 |" in line)
+    assert "| 90.3 | 87.3 | +3.0 | 2.00 |" in vd  # the paper's small VD-LSTM: 87.3 test
+    assert "| 80.7 | 82.7 | -2.0 |" in real
+    assert table.index(vd) < table.index(real)  # the paper's column order: VD, AL, RE, REAL
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "report" / "val_curves.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "alpha.png").stat().st_size > 1000  # two REAL runs, alphas 0.1 and 0.5
+
+
+def test_report_without_runs_says_where_it_looked(tmp_path):
+    result = run_script("report.py", str(tmp_path))
+    assert result.returncode == 1 and f"no metrics.json below {tmp_path}" in result.stderr
+
+
+def test_reproduce_trains_each_variant_once_and_writes_the_table(corpus, tmp_path):
+    args = ["small", "--out", str(tmp_path / "repro"), "--variants", "vd,real", *TINY, f"data.data_dir={corpus}",
+            "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
+    first = run_script("reproduce.py", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for variant in ("vd", "real"):
+        assert (tmp_path / "repro" / "small" / variant / "metrics.json").is_file()
+    table = (tmp_path / "repro" / "small" / "report" / "table.md").read_text()
+    assert "| VD | small |" in table and "| REAL | small | 0.5 |" in table
+    again = run_script("reproduce.py", *args)
+    assert again.returncode == 0 and again.stdout.count("finished earlier") == 2
