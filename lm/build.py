@@ -23,13 +23,16 @@ def build_datamodule(cfg: DictConfig) -> CorpusDataModule:
 def build_task(cfg: DictConfig, datamodule: CorpusDataModule) -> LanguageModelTask:
     model = instantiate(cfg.model, vocab_size=datamodule.vocab_size)
     loss = instantiate(cfg.loss)
-    alpha_schedule = instantiate(cfg.alpha_schedule) if getattr(loss, "uses_alpha", False) else None
+    uses_alpha = getattr(loss, "uses_alpha", False)
+    alpha_schedule = instantiate(cfg.alpha_schedule) if uses_alpha else None
+    tau_schedule = instantiate(cfg.tau_schedule) if uses_alpha and "tau_schedule" in cfg else None
     return LanguageModelTask(
         model=model,
         loss=loss,
         optimizer=instantiate(cfg.optim.optimizer),
         lr_schedule=OmegaConf.to_container(cfg.optim.lr_schedule, resolve=True),
         alpha_schedule=alpha_schedule,
+        tau_schedule=tau_schedule,
         vocab=datamodule.vocab.itos,
         sum_over_time=cfg.optim.sum_over_time,
         model_config=OmegaConf.to_container(cfg.model, resolve=True),

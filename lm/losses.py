@@ -34,7 +34,7 @@ class LossOutput(NamedTuple):
 class CrossEntropyLoss(nn.Module):
     uses_alpha = False
 
-    def forward(self, logits, targets, embedding, alpha: float = 0.0) -> LossOutput:
+    def forward(self, logits, targets, embedding, alpha: float = 0.0, step: int = 0) -> LossOutput:
         ce = F.cross_entropy(logits.float(), targets)
         return LossOutput(ce, ce, torch.zeros_like(ce))
 
@@ -45,13 +45,24 @@ class AugmentedLoss(nn.Module):
     ``alpha`` here is the configured value that alpha schedules end at; the value in force at each
     step is passed to ``forward``. ``target_grad=True`` lets gradients flow into the embedding
     through the target distribution (an ablation; the paper treats the target as a constant).
+
+    ``target_refresh=K`` builds ``y~`` from a frozen copy of the embedding taken every K training
+    steps (``step % K == 0``), like a target network in reinforcement learning, instead of from the
+    embedding that moves every step; K=1 is the paper's loss. It costs one copy of the embedding.
     """
 
     uses_alpha = True
 
     def __init__(self, alpha: float = 0.5, tau: float = 1.0, target_grad: bool = False, chunk_elements: int = 1 << 23,
-                 compile: bool | str = "auto"):
+                 compile: bool | str = "auto", target_refresh: int = 1):
         super().__init__()
+        if not isinstance(target_refresh, int) or target_refresh < 1:
+            raise ConfigError(f"loss.target_refresh must be a positive integer (steps), got {target_refresh!r}.")
+        if target_refresh > 1 and target_grad:
+            raise ConfigError("loss.target_grad=true needs loss.target_refresh=1: a frozen copy of the embedding "
+                              "passes no gradient.")
+        self.target_refresh = target_refresh
+        self.target_snapshot: torch.Tensor | None = None
         if compile not in (True, False, "auto"):
             raise ConfigError(f"loss.compile must be true, false or auto, got {compile!r}.")
         self.compile = compile
@@ -64,10 +75,15 @@ class AugmentedLoss(nn.Module):
         self.target_grad = target_grad
         self.chunk_elements = chunk_elements
 
-    def forward(self, logits, targets, embedding, alpha: float) -> LossOutput:
+    def forward(self, logits, targets, embedding, alpha: float, step: int = 0, tau: float | None = None) -> LossOutput:
+        """``tau``: the value of a tau schedule at this step; None is the configured ``loss.tau``."""
+        tau = self.tau if tau is None else tau
+        if self.target_refresh > 1:
+            if self.target_snapshot is None or step % self.target_refresh == 0:
+                self.target_snapshot = embedding.detach().clone()
+            embedding = self.target_snapshot
         compiled = self.compile is True or (self.compile == "auto" and logits.size(-1) >= COMPILE_MIN_VOCAB)
-        return augmented_loss(logits, targets, embedding, alpha, self.tau, self.target_grad, self.chunk_elements,
-                              compiled)
+        return augmented_loss(logits, targets, embedding, alpha, tau, self.target_grad, self.chunk_elements, compiled)
 
 
 def augmented_loss(logits, targets, embedding, alpha: float, tau: float, target_grad: bool = False,
@@ -89,7 +105,7 @@ def augmented_loss(logits, targets, embedding, alpha: float, tau: float, target_
                                                  compiled and not target_grad))
 
 
-def _target_terms(rows: torch.Tensor, emb: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _target_terms(rows: torch.Tensor, emb: torch.Tensor, tau) -> tuple[torch.Tensor, torch.Tensor]:
     """y~ for each distinct target word (U, V), and its sum y~ log y~ (U,)."""
     log_target = torch.log_softmax(rows @ emb.t() / tau, dim=-1)
     target_probs = log_target.exp()
@@ -198,10 +214,11 @@ class _FusedAugmentedLoss(torch.autograd.Function):
     @staticmethod
     def _compiled_forward(ctx, logits, targets, words, inverse, rows, emb, alpha, tau, chunk_elements):
         n, v = logits.shape
-        target_probs, neg_entropy = _compiled_target_terms(rows, emb, tau)
-        # Tensors, not floats: a float would be baked into the compiled code and recompiled per alpha value.
+        # Tensors, not floats: a float would be baked into the compiled code and recompiled for every
+        # value an alpha or tau schedule takes.
         alpha_t = torch.tensor(alpha, dtype=torch.float32, device=logits.device)
         tau_t = torch.tensor(tau, dtype=torch.float32, device=logits.device)
+        target_probs, neg_entropy = _compiled_target_terms(rows, emb, tau_t)
         inv_n = torch.tensor(1.0 / n, dtype=torch.float32, device=logits.device)
         chunk = max(1, chunk_elements // v)
         grad = None if chunk >= n else torch.empty(n, v, dtype=torch.float32, device=logits.device)

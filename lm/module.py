@@ -62,6 +62,7 @@ class LanguageModelTask(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_schedule: dict | None = None,
         alpha_schedule: Schedule | None = None,
+        tau_schedule: Schedule | None = None,
         vocab: list[str] | None = None,
         sum_over_time: bool = True,
         model_config: dict | None = None,
@@ -78,6 +79,9 @@ class LanguageModelTask(pl.LightningModule):
         if alpha_schedule is None and isinstance(loss, AugmentedLoss):
             alpha_schedule = Constant(loss.alpha)
         self.alpha_schedule = alpha_schedule
+        if tau_schedule is not None and not min(tau_schedule.start, tau_schedule.end) > 0:
+            raise ConfigError(f"the tau schedule must stay > 0, got start {tau_schedule.start}, end {tau_schedule.end}.")
+        self.tau_schedule = tau_schedule
         self.vocab = vocab
         self.sum_over_time = sum_over_time
         self.model_config = model_config  # saved with checkpoints, so that scripts can rebuild the model
@@ -104,6 +108,8 @@ class LanguageModelTask(pl.LightningModule):
         if resumed is None:
             return
         _set_rng_state(resumed["rng"])
+        if resumed["target_snapshot"] is not None and hasattr(self.loss, "target_snapshot"):
+            self.loss.target_snapshot = resumed["target_snapshot"].to(self.device)
         done = resumed["windows_done"]
         if 0 < done < self.trainer.num_training_batches:  # stopped mid-epoch: continue at the next window
             self._windows_done = done
@@ -119,18 +125,28 @@ class LanguageModelTask(pl.LightningModule):
         self.test_ppl.reset()
 
     # -- steps -------------------------------------------------------------------------------
+    def _progress(self, batch_idx: int) -> float:
+        return self.current_epoch + batch_idx / max(self.trainer.num_training_batches, 1)
+
     def current_alpha(self, batch_idx: int) -> float:
         if self.alpha_schedule is None:
             return 0.0
-        epoch = self.current_epoch + batch_idx / max(self.trainer.num_training_batches, 1)
-        return self.alpha_schedule(epoch, self.global_step)
+        return self.alpha_schedule(self._progress(batch_idx), self.global_step)
+
+    def current_tau(self, batch_idx: int) -> float | None:
+        """None: the loss's own tau."""
+        if self.tau_schedule is None:
+            return None
+        return self.tau_schedule(self._progress(batch_idx), self.global_step)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch  # (T, B) each; y is x shifted by one step
         logits, hidden = self.model(x, self._state("train", x.size(1)))
         self._hidden["train"] = detach_hidden(hidden)
-        alpha = self.current_alpha(batch_idx)
-        out = self.loss(logits.view(-1, logits.size(-1)), y.reshape(-1), self.model.embedding.weight, alpha)
+        alpha, tau = self.current_alpha(batch_idx), self.current_tau(batch_idx)
+        extra = {} if tau is None else {"tau": tau}
+        out = self.loss(logits.view(-1, logits.size(-1)), y.reshape(-1), self.model.embedding.weight, alpha,
+                        step=self.global_step, **extra)
         if self._logging_step():
             n = y.numel()
             self.log("train/loss", out.total, prog_bar=True, batch_size=n)
@@ -138,6 +154,7 @@ class LanguageModelTask(pl.LightningModule):
             if getattr(self.loss, "uses_alpha", False):
                 self.log("train/kl", out.kl, batch_size=n)
                 self.log("alpha", alpha, batch_size=n)
+                self.log("tau", self.loss.tau if tau is None else tau, batch_size=n)
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         self._check_finite(out.total.detach(), batch_idx)
         self._windows_done = batch_idx + 1
@@ -228,6 +245,8 @@ class LanguageModelTask(pl.LightningModule):
         checkpoint["train_hidden"] = None if hidden is None else [(h.cpu(), c.cpu()) for h, c in hidden]
         checkpoint["train_windows_done"] = self._windows_done
         checkpoint["rng"] = _rng_state()
+        snapshot = getattr(self.loss, "target_snapshot", None)  # loss.target_refresh > 1
+        checkpoint["target_snapshot"] = None if snapshot is None else snapshot.cpu()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng" in checkpoint:
@@ -235,4 +254,5 @@ class LanguageModelTask(pl.LightningModule):
                 "hidden": checkpoint["train_hidden"],
                 "windows_done": checkpoint["train_windows_done"],
                 "rng": checkpoint["rng"],
+                "target_snapshot": checkpoint.get("target_snapshot"),
             }

@@ -21,7 +21,7 @@ SCHEDULES = {"constant": Constant, "linear": Linear, "cosine": Cosine}
 def test_fast_dev_run_every_combination(corpus, tmp_path, model, loss, schedule):
     cfg = compose_cfg(
         [*TINY, f"data.data_dir={corpus}", f"model={model}", f"loss={loss}", f"alpha_schedule={schedule}",
-         "debug=fast_dev_run"],
+         f"tau_schedule={schedule}", "debug=fast_dev_run"],
         tmp_path,
     )
     dm = build_datamodule(cfg)
@@ -31,8 +31,9 @@ def test_fast_dev_run_every_combination(corpus, tmp_path, model, loss, schedule)
     if loss == "augmented":
         assert isinstance(task.alpha_schedule, SCHEDULES[schedule])
         assert task.alpha_schedule.end == cfg.loss.alpha
+        assert isinstance(task.tau_schedule, SCHEDULES[schedule]) and task.tau_schedule.end == cfg.loss.tau
     else:
-        assert task.alpha_schedule is None
+        assert task.alpha_schedule is None and task.tau_schedule is None
     trainer = build_trainer(cfg)
     before = task.model.embedding.weight.detach().clone()
     trainer.fit(task, datamodule=dm)

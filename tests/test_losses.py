@@ -171,4 +171,31 @@ def test_compiled_kernel_is_really_compiled_and_not_recompiled_per_alpha():
     assert frames_before > 0
     for alpha in (0.2, 0.3, 0.4):  # an alpha schedule changes alpha every step
         loss(z, y, L, alpha=alpha)
+    loss(z, y, L, alpha=0.5, tau=0.7)  # tau != 1: the second kernel, compiled once
+    frames_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for tau in (0.8, 0.9, 1.3):  # ... and a tau schedule changes tau
+        out = loss(z, y, L, alpha=0.5, tau=tau)
+        assert torch.allclose(out.total, AugmentedLoss(tau=tau, compile=False)(z, y, L, alpha=0.5).total, rtol=1e-5)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames_before
+
+
+def test_fixed_target_uses_the_embedding_copied_every_k_steps():
+    g = torch.Generator().manual_seed(4)
+    z, y = torch.randn(N, V, generator=g), torch.randint(0, V, (N,), generator=g)
+    embeddings = [torch.randn(V, D, generator=g) for _ in range(5)]  # the embedding moves every step
+    fixed = AugmentedLoss(tau=0.7, target_refresh=3)
+    moving = AugmentedLoss(tau=0.7)
+    for step, emb in enumerate(embeddings):
+        copied_at = step - step % 3
+        expected = moving(z, y, embeddings[copied_at], alpha=0.5)
+        got = fixed(z, y, emb, alpha=0.5, step=step)
+        assert torch.equal(got.kl, expected.kl), step
+    assert fixed.target_snapshot.data_ptr() != embeddings[3].data_ptr()  # a copy, not the live tensor
+    assert torch.equal(AugmentedLoss(tau=0.7, target_refresh=1)(z, y, embeddings[2], 0.5, step=2).kl,
+                       moving(z, y, embeddings[2], alpha=0.5).kl)  # K = 1 is the paper's loss
+
+
+@pytest.mark.parametrize("kw", [{"target_refresh": 0}, {"target_refresh": 2, "target_grad": True}])
+def test_bad_fixed_target_settings_are_config_errors(kw):
+    with pytest.raises(ConfigError, match="target_refresh"):
+        AugmentedLoss(**kw)

@@ -156,3 +156,29 @@ def test_step_metrics_are_logged_exactly_on_the_steps_lightning_writes(corpus, t
     logged_steps = [int(r["step"]) for r in rows if r.get("train/loss")]
     assert logged_steps == [2, 5]  # global steps 3 and 6, counted from 0
     assert all(float(r["alpha"]) >= 0 and float(r["lr"]) == 1.0 for r in rows if r.get("train/loss"))
+
+
+def test_tau_follows_its_schedule_and_reaches_the_loss(corpus, tmp_path):
+    _, dm, task, trainer = build(
+        corpus, tmp_path, "trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        "tau_schedule=linear", "tau_schedule.start=0.5", "loss.tau=2.0", "tau_schedule.length=4",
+        "tau_schedule.unit=step", "trainer.log_every_n_steps=1",
+    )
+    seen = []
+    forward = task.loss.forward
+
+    def record(*args, **kwargs):
+        seen.append(kwargs["tau"])
+        return forward(*args, **kwargs)
+
+    task.loss.forward = record
+    trainer.fit(task, datamodule=dm)
+    assert seen == pytest.approx([0.5, 0.875, 1.25, 1.625])
+    assert float(trainer.logged_metrics["tau"]) == pytest.approx(1.625)
+
+
+def test_tau_schedule_must_stay_positive(corpus, tmp_path):
+    from lm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tau schedule must stay > 0"):
+        build(corpus, tmp_path, "tau_schedule=linear", "tau_schedule.start=0")

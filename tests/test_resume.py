@@ -158,3 +158,37 @@ def test_train_script_killed_with_sigterm_resumes_to_the_same_result(tmp_path):
     assert b["epochs"] == a["epochs"] == 4
     assert b["val/ppl"] == pytest.approx(a["val/ppl"], rel=1e-4)
     assert b["test/ppl"] == pytest.approx(a["test/ppl"], rel=1e-4)
+
+
+def test_resume_with_a_fixed_target_restores_the_copy(tmp_path):
+    """loss.target_refresh=7: the resumed run must use the copy taken before the stop, not a new one."""
+    from conftest import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    extra = ["loss.target_refresh=7", "trainer.max_epochs=2"]
+
+    def fit(out, *callbacks, ckpt_path=None):
+        cfg = compose_cfg([*TINY, f"data.data_dir={corpus}", *RUN, *extra], out)
+        pl.seed_everything(cfg.seed)
+        dm = build_datamodule(cfg)
+        task = build_task(cfg, dm)
+        trainer = build_trainer(cfg, with_logger=False)
+        trainer.callbacks.extend(callbacks)
+        trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+        return trainer, task
+
+    trainer, straight = fit(tmp_path / "straight")
+    stop = trainer.num_training_batches + 13
+    assert stop % 7 != 0  # resumed between two copies: a fresh copy at resume would differ
+    with pytest.raises(SIGTERMException):
+        fit(tmp_path / "stopped", SignalAt(stop, signal.SIGTERM))
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    _, resumed = fit(tmp_path / "stopped", ckpt_path=str(last))
+    for name, value in resumed.model.state_dict().items():
+        torch.testing.assert_close(value, straight.model.state_dict()[name], rtol=1e-4, atol=1e-6, msg=name)
+
+    saved["target_snapshot"] = None  # the control: without the saved copy the run differs
+    torch.save(saved, last)
+    _, without = fit(tmp_path / "stopped", ckpt_path=str(last))
+    assert not torch.allclose(without.model.embedding.weight, straight.model.embedding.weight, rtol=1e-4, atol=1e-6)
