@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from lm.checkpoint import load_checkpoint
+from lm.checkpoint import load_checkpoint, model_state
 from lm.errors import ConfigError, DataError
 from lm.model import LSTMLanguageModel
 
@@ -43,8 +43,7 @@ def load_model(ckpt_path: str | Path) -> tuple[LSTMLanguageModel, list[str]]:
         raise DataError(f"{ckpt_path} lacks the model settings or vocabulary; it was written by an older version.")
     vocab = checkpoint["vocab"]
     model = instantiate(checkpoint["model_config"], vocab_size=len(vocab))
-    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    model.load_state_dict(model_state(checkpoint))
     return model.eval(), vocab
 
 

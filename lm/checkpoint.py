@@ -49,6 +49,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
+def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model's own parameters from a checkpoint of the Lightning task (keys without ``model.``)."""
+    return {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+
+
 def check_compatible(checkpoint: dict[str, Any], path, model: nn.Module, vocab: list[str] | None) -> None:
     """Refuse a checkpoint from another vocabulary or another model size or variant, naming the difference."""
     saved_vocab = checkpoint.get("vocab")
@@ -58,7 +63,7 @@ def check_compatible(checkpoint: dict[str, Any], path, model: nn.Module, vocab: 
             f"checkpoint {path} was trained on another vocabulary ({len(saved_vocab)} words; this data has "
             f"{len(vocab)}, first difference at index {first}). Point data.data_dir at the corpus it was trained on."
         )
-    saved = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    saved = model_state(checkpoint)
     expected = model.state_dict()
     missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
     if missing or unexpected:

@@ -34,7 +34,7 @@ class LossOutput(NamedTuple):
 class CrossEntropyLoss(nn.Module):
     uses_alpha = False
 
-    def forward(self, logits, targets, embedding, alpha: float = 0.0, step: int = 0) -> LossOutput:
+    def forward(self, logits, targets, embedding, alpha: float = 0.0, step: int = 0, tau: float | None = None) -> LossOutput:
         ce = F.cross_entropy(logits.float(), targets)
         return LossOutput(ce, ce, torch.zeros_like(ce))
 

@@ -88,7 +88,7 @@ class LanguageModelTask(pl.LightningModule):
         self.val_ppl = Perplexity()
         self.test_ppl = Perplexity()
         self._hidden: dict[str, Hidden | None] = {"train": None, "val": None, "test": None}
-        self._resumed: dict | None = None  # what on_load_checkpoint read, applied at the next epoch start
+        self._resumed: dict | None = None  # what on_load_checkpoint read, applied in on_train_start
         self._windows_done = 0  # training windows finished in the current epoch
         self._unchecked_loss: tuple[torch.Tensor, int, int] | None = None
 
@@ -144,9 +144,8 @@ class LanguageModelTask(pl.LightningModule):
         logits, hidden = self.model(x, self._state("train", x.size(1)))
         self._hidden["train"] = detach_hidden(hidden)
         alpha, tau = self.current_alpha(batch_idx), self.current_tau(batch_idx)
-        extra = {} if tau is None else {"tau": tau}
         out = self.loss(logits.view(-1, logits.size(-1)), y.reshape(-1), self.model.embedding.weight, alpha,
-                        step=self.global_step, **extra)
+                        step=self.global_step, tau=tau)
         if self._logging_step():
             n = y.numel()
             self.log("train/loss", out.total, prog_bar=True, batch_size=n)

@@ -83,12 +83,17 @@ def markdown_table(runs: list[Run]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_val_curves(runs: list[Run], out: Path) -> Path | None:
-    import matplotlib
+def _pyplot():
+    import matplotlib  # the [report] extra; imported here so that the table needs no matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_val_curves(runs: list[Run], out: Path) -> Path | None:
+    plt = _pyplot()
     curves = [r for r in runs if r.val_curve]
     if not curves:
         return None
@@ -107,11 +112,7 @@ def plot_val_curves(runs: list[Run], out: Path) -> Path | None:
 
 def plot_alpha_sweep(runs: list[Run], out: Path) -> Path | None:
     """val/test perplexity against alpha, one pair of lines per (size, variant) swept over 2+ alphas."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     groups = defaultdict(list)
     for r in runs:
         if r.variant in ("AL", "REAL") and r.metrics.get("alpha") is not None:

@@ -38,8 +38,8 @@ class SignalAt(pl.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-def _fit(corpus, out_dir, *extra_callbacks, ckpt_path=None):
-    cfg = compose_cfg([*TINY, f"data.data_dir={corpus}", *RUN], out_dir)
+def _fit(corpus, out_dir, *extra_callbacks, ckpt_path=None, overrides=()):
+    cfg = compose_cfg([*TINY, f"data.data_dir={corpus}", *RUN, *overrides], out_dir)
     pl.seed_everything(cfg.seed)
     dm = build_datamodule(cfg)
     task = build_task(cfg, dm)
@@ -168,13 +168,7 @@ def test_resume_with_a_fixed_target_restores_the_copy(tmp_path):
     extra = ["loss.target_refresh=7", "trainer.max_epochs=2"]
 
     def fit(out, *callbacks, ckpt_path=None):
-        cfg = compose_cfg([*TINY, f"data.data_dir={corpus}", *RUN, *extra], out)
-        pl.seed_everything(cfg.seed)
-        dm = build_datamodule(cfg)
-        task = build_task(cfg, dm)
-        trainer = build_trainer(cfg, with_logger=False)
-        trainer.callbacks.extend(callbacks)
-        trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+        trainer, task, _ = _fit(corpus, out, *callbacks, ckpt_path=ckpt_path, overrides=extra)
         return trainer, task
 
     trainer, straight = fit(tmp_path / "straight")
