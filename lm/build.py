@@ -10,6 +10,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from lm.data import CorpusDataModule
 from lm.module import LanguageModelTask
+from lm.pretrained import init_embedding
+
+# model.* keys that build_task applies after building the model, not arguments of LSTMLanguageModel
+_APPLIED_AFTER = ("pretrained_vectors", "freeze_embedding_epochs")
+
+
+def model_config(cfg: DictConfig) -> dict:
+    """LSTMLanguageModel's arguments from ``cfg.model`` (also what checkpoints keep to rebuild it)."""
+    config = OmegaConf.to_container(cfg.model, resolve=True)
+    for key in _APPLIED_AFTER:
+        config.pop(key, None)
+    return config
 
 
 def build_datamodule(cfg: DictConfig) -> CorpusDataModule:
@@ -21,7 +33,10 @@ def build_datamodule(cfg: DictConfig) -> CorpusDataModule:
 
 
 def build_task(cfg: DictConfig, datamodule: CorpusDataModule) -> LanguageModelTask:
-    model = instantiate(cfg.model, vocab_size=datamodule.vocab_size)
+    config = model_config(cfg)
+    model = instantiate(config, vocab_size=datamodule.vocab_size)
+    if cfg.model.get("pretrained_vectors"):
+        init_embedding(model.embedding, cfg.model.pretrained_vectors, datamodule.vocab.itos)
     loss = instantiate(cfg.loss)
     uses_alpha = getattr(loss, "uses_alpha", False)
     alpha_schedule = instantiate(cfg.alpha_schedule) if uses_alpha else None
@@ -35,7 +50,9 @@ def build_task(cfg: DictConfig, datamodule: CorpusDataModule) -> LanguageModelTa
         tau_schedule=tau_schedule,
         vocab=datamodule.vocab.itos,
         sum_over_time=cfg.optim.sum_over_time,
-        model_config=OmegaConf.to_container(cfg.model, resolve=True),
+        model_config=config,
+        freeze_embedding_epochs=cfg.model.get("freeze_embedding_epochs", 0),
+        mean_window=cfg.data.bptt if cfg.data.get("variable_bptt") else None,
     )
 
 

@@ -3,7 +3,8 @@
 A split is one long token sequence (``<eos>`` at every line end). ``batchify`` cuts it into B
 parallel streams laid out as a (T, B) tensor; training walks it in consecutive windows of ``bptt``
 steps, so the LSTM state at the end of one window is the right start for the next. Windows are
-views into that tensor: no shuffling, no per-window copy. ``WindowLoader`` can begin a pass at any
+views into that tensor: no shuffling, no per-window copy. With ``variable_bptt`` the training
+windows' lengths are drawn anew every epoch (AWD-LSTM), so their boundaries move between epochs. ``WindowLoader`` can begin a pass at any
 window, so a run stopped mid-epoch resumes at the next one.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -107,22 +109,47 @@ def batchify(ids: torch.Tensor, num_streams: int) -> torch.Tensor:
 class BPTTWindows(Dataset):
     """Consecutive windows ``(x, y)`` of a (T, B) stream tensor; ``y`` is ``x`` shifted by one step.
 
-    Each item is a pair of (L, B) views with L = ``bptt`` except possibly the last window.
+    Each item is a pair of (L, B) views. By default L = ``bptt`` except possibly for the last window;
+    ``starts`` (window boundaries, from 0 to T - 1) gives windows of any lengths instead.
     """
 
-    def __init__(self, streams: torch.Tensor, bptt: int):
+    def __init__(self, streams: torch.Tensor, bptt: int, starts: list[int] | None = None):
         self.streams = streams
         self.bptt = bptt
+        steps = streams.size(0) - 1
+        self.starts = starts if starts is not None else [*range(0, steps, bptt), steps]
 
     def __len__(self) -> int:
-        return -(-(self.streams.size(0) - 1) // self.bptt)
+        return len(self.starts) - 1
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        start = i * self.bptt
-        length = min(self.bptt, self.streams.size(0) - 1 - start)
-        return self.streams[start : start + length], self.streams[start + 1 : start + 1 + length]
+        start, end = self.starts[i], self.starts[i + 1]
+        return self.streams[start:end], self.streams[start + 1 : end + 1]
+
+
+MIN_WINDOW = 5  # AWD-LSTM's shortest window
+
+
+def variable_starts(steps: int, bptt: int, epoch: int, seed: int, std: float = 5.0,
+                    half_prob: float = 0.05) -> list[int]:
+    """Window boundaries for one epoch of variable-length BPTT over ``steps`` positions.
+
+    Lengths are drawn as in AWD-LSTM (``bptt``, or ``bptt / 2`` with probability ``half_prob``, plus
+    normal noise of ``std``, at least 5), then stretched to cover the stream exactly with as many
+    windows as fixed-length BPTT has, so an epoch keeps its number of steps and Lightning its
+    ``len``. The boundaries depend only on the arguments: every DDP rank draws the same ones (its
+    streams have the same length) and a resumed run redraws its epoch's windows unchanged.
+    """
+    n = -(-steps // bptt)
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    base = torch.where(torch.rand(n, generator=g, dtype=torch.float64) < half_prob, bptt / 2, float(bptt))
+    lengths = (base + std * torch.randn(n, generator=g, dtype=torch.float64)).clamp(min=min(MIN_WINDOW, bptt))
+    ends = torch.round(lengths.cumsum(0) * (steps / lengths.sum())).long().tolist()
+    for i in range(n):  # rounding must not leave an empty window
+        ends[i] = min(max(ends[i], (ends[i - 1] if i else 0) + 1), steps - (n - 1 - i))
+    return [0, *ends]
 
 
 class WindowLoader:
@@ -131,12 +158,19 @@ class WindowLoader:
     A run resumed mid-epoch calls ``start_at`` with the number of windows its checkpoint had finished
     in that epoch. ``state_dict`` is what Lightning saves in checkpoints for a resumable loader (and it
     then continues ``batch_idx`` mid-epoch); here it guards against resuming with other windows.
+    ``epoch_windows`` (variable-length BPTT) gives each epoch its own windows; ``set_epoch`` picks them.
     """
 
-    def __init__(self, windows: BPTTWindows, pin_memory: bool = False):
+    def __init__(self, windows: BPTTWindows, pin_memory: bool = False,
+                 epoch_windows: Callable[[int], BPTTWindows] | None = None):
         self.dataset = windows
         self.pin_memory = pin_memory
+        self.epoch_windows = epoch_windows
         self._start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.epoch_windows is not None:
+            self.dataset = self.epoch_windows(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -180,8 +214,19 @@ class CorpusDataModule(pl.LightningDataModule):
         download: bool = False,
         url: str | None = None,
         sha256: dict[str, str] | None = None,
+        variable_bptt: bool = False,
+        bptt_std: float = 5.0,
+        bptt_half_prob: float = 0.05,
+        seed: int = 0,
     ):
         super().__init__()
+        if not bptt_std >= 0 or not 0 <= bptt_half_prob <= 1:
+            raise ConfigError(f"data.bptt_std must be >= 0 and data.bptt_half_prob in [0, 1], got {bptt_std} "
+                              f"and {bptt_half_prob}.")
+        self.variable_bptt = variable_bptt
+        self.bptt_std = bptt_std
+        self.bptt_half_prob = bptt_half_prob
+        self.seed = seed
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("bptt", bptt)):
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"data.{name} must be a positive integer, got {value!r}.")
@@ -292,10 +337,17 @@ class CorpusDataModule(pl.LightningDataModule):
     def windows(self, split: str) -> BPTTWindows:
         return BPTTWindows(self._streams[split], self.bptt)
 
+    def epoch_windows(self, epoch: int) -> BPTTWindows:
+        """The training windows of ``epoch`` under variable-length BPTT."""
+        streams = self._streams["train"]
+        starts = variable_starts(streams.size(0) - 1, self.bptt, epoch, self.seed, self.bptt_std, self.bptt_half_prob)
+        return BPTTWindows(streams, self.bptt, starts)
+
     def _loader(self, split: str) -> WindowLoader:
         trainer = getattr(self, "trainer", None)
         pin = trainer is not None and trainer.strategy.root_device.type == "cuda"
-        return WindowLoader(self.windows(split), pin_memory=pin)
+        variable = self.epoch_windows if split == "train" and self.variable_bptt else None
+        return WindowLoader(self.windows(split), pin_memory=pin, epoch_windows=variable)
 
     def train_dataloader(self) -> WindowLoader:
         return self._loader("train")

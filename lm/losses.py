@@ -96,24 +96,25 @@ def augmented_loss(logits, targets, embedding, alpha: float, tau: float, target_
     ``(softmax(z) - onehot(y*) + alpha * (softmax(z / tau) - y~)) / N``, which backward only scales.
     ``y~`` is computed once per distinct target word in the batch, not once per token.
 
-    ``compiled=True`` runs the per-token work through ``torch.compile``, which fuses the gather of
-    ``y~``, both softmaxes, the KL sum and the gradient into about two passes over each chunk (the
-    eager code needs eight); where compiling fails (no C++ compiler, no Triton) it warns once and
+    ``compiled=True`` runs the per-token work through ``torch.compile``, which fuses forming ``y~``
+    from its logits, both softmaxes, the KL sum and the gradient into about two passes over each
+    chunk (the eager code needs eight); where compiling fails (no C++ compiler, no Triton) it warns once and
     stays eager. The gradient-through-target option always runs eagerly.
     """
     return LossOutput(*_FusedAugmentedLoss.apply(logits, targets, embedding, alpha, tau, target_grad, chunk_elements,
                                                  compiled and not target_grad))
 
 
-def _target_terms(rows: torch.Tensor, emb: torch.Tensor, tau) -> tuple[torch.Tensor, torch.Tensor]:
-    """y~ for each distinct target word (U, V), and its sum y~ log y~ (U,)."""
-    log_target = torch.log_softmax(rows @ emb.t() / tau, dim=-1)
-    target_probs = log_target.exp()
-    return target_probs, (target_probs * log_target).sum(-1)
+def _target_logits(rows: torch.Tensor, emb: torch.Tensor, tau) -> tuple[torch.Tensor, torch.Tensor]:
+    """log y~ = S - lse for each distinct target word: S = rows L^T / tau (U, V) and lse (U,). y~ itself
+    is formed from them inside ``_token_terms``, where its (U, V) table would otherwise be written once
+    here and read back there; the matmul is the irreducible cost of the augmented loss."""
+    logits = (rows / tau) @ emb.t()
+    return logits, torch.logsumexp(logits, dim=-1)
 
 
-def _token_terms(z, y, u, target_probs, alpha, tau, inv_n, tau_is_one: bool):
-    """For a chunk of rows: sum of CE, sum of <y~, log y^>, and the gradient of the mean total loss
+def _token_terms(z, y, u, target_logits, target_lse, alpha, tau, inv_n, tau_is_one: bool):
+    """For a chunk of rows: sum of CE, sum of KL(y~ || y^), and the gradient of the mean total loss
     w.r.t. z. Written without in-place ops so that torch.compile can fuse it."""
     log_p = z - torch.logsumexp(z, dim=-1, keepdim=True)
     ce_sum = -log_p.gather(1, y[:, None]).sum()
@@ -123,10 +124,11 @@ def _token_terms(z, y, u, target_probs, alpha, tau, inv_n, tau_is_one: bool):
     else:
         log_pred = z / tau - torch.logsumexp(z / tau, dim=-1, keepdim=True)
         pred = torch.exp(log_pred)
-    target = target_probs[u]
-    cross_sum = (target * log_pred).sum()
+    log_target = target_logits[u] - target_lse[u][:, None]
+    target = torch.exp(log_target)
+    kl_sum = (target * (log_target - log_pred)).sum()
     onehot = (torch.arange(z.size(1), device=z.device) == y[:, None]).to(z.dtype)
-    return ce_sum, cross_sum, (p + alpha * (pred - target) - onehot) * inv_n
+    return ce_sum, kl_sum, (p + alpha * (pred - target) - onehot) * inv_n
 
 
 class _Compiled:
@@ -151,7 +153,7 @@ class _Compiled:
             return self.fn(*args)
 
 
-_compiled_target_terms = _Compiled(_target_terms)
+_compiled_target_logits = _Compiled(_target_logits)
 _compiled_token_terms = _Compiled(_token_terms)
 
 
@@ -218,7 +220,7 @@ class _FusedAugmentedLoss(torch.autograd.Function):
         # value an alpha or tau schedule takes.
         alpha_t = torch.tensor(alpha, dtype=torch.float32, device=logits.device)
         tau_t = torch.tensor(tau, dtype=torch.float32, device=logits.device)
-        target_probs, neg_entropy = _compiled_target_terms(rows, emb, tau_t)
+        target_logits, target_lse = _compiled_target_logits(rows, emb, tau_t)
         inv_n = torch.tensor(1.0 / n, dtype=torch.float32, device=logits.device)
         chunk = max(1, chunk_elements // v)
         grad = None if chunk >= n else torch.empty(n, v, dtype=torch.float32, device=logits.device)
@@ -226,10 +228,10 @@ class _FusedAugmentedLoss(torch.autograd.Function):
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
             u = inverse[start:end]
-            ce_part, cross, g = _compiled_token_terms(logits[start:end].float(), targets[start:end], u, target_probs,
-                                                      alpha_t, tau_t, inv_n, tau == 1.0)
+            ce_part, kl_part, g = _compiled_token_terms(logits[start:end].float(), targets[start:end], u,
+                                                        target_logits, target_lse, alpha_t, tau_t, inv_n, tau == 1.0)
             ce_sum = ce_sum + ce_part
-            kl_sum = kl_sum + neg_entropy[u].sum() - cross
+            kl_sum = kl_sum + kl_part
             if grad is None:
                 grad = g  # one chunk: the kernel's output is the buffer
             else:

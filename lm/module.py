@@ -49,6 +49,13 @@ class LanguageModelTask(pl.LightningModule):
     sum_over_time: the objective is summed over the window's time steps and averaged over the
     batch, as in Zaremba et al. (2014) and the paper's setup, so that lr 1 and clipping at 5 mean
     what they mean there (lr 1 here is lr 35 on a per-token mean). Logged losses stay per token.
+    A window of length L therefore weighs L / mean as much as a mean-length one: AWD-LSTM's learning
+    rate scaling for variable-length BPTT. With a per-token mean, ``mean_window`` (the mean length, set
+    under variable-length BPTT) applies that factor explicitly.
+
+    freeze_embedding_epochs: the embedding gets no update in the first N epochs (its gradient is
+    dropped before clipping and the optimizer step, which keeps DDP's gradient buckets as they are).
+    With tied weights that also holds the classifier fixed, since it is the same matrix.
 
     Resuming: checkpoints also hold the carried training state and the RNG state (dropout masks), so a
     run stopped mid-epoch continues with the same windows, state and masks as if never stopped.
@@ -66,6 +73,8 @@ class LanguageModelTask(pl.LightningModule):
         vocab: list[str] | None = None,
         sum_over_time: bool = True,
         model_config: dict | None = None,
+        freeze_embedding_epochs: int = 0,
+        mean_window: int | None = None,
     ):
         super().__init__()
         self.model = model
@@ -84,7 +93,11 @@ class LanguageModelTask(pl.LightningModule):
         self.tau_schedule = tau_schedule
         self.vocab = vocab
         self.sum_over_time = sum_over_time
+        self.mean_window = mean_window
         self.model_config = model_config  # saved with checkpoints, so that scripts can rebuild the model
+        if not isinstance(freeze_embedding_epochs, int) or freeze_embedding_epochs < 0:
+            raise ConfigError(f"model.freeze_embedding_epochs must be an integer >= 0, got {freeze_embedding_epochs!r}.")
+        self.freeze_embedding_epochs = freeze_embedding_epochs
         self.val_ppl = Perplexity()
         self.test_ppl = Perplexity()
         self._hidden: dict[str, Hidden | None] = {"train": None, "val": None, "test": None}
@@ -99,11 +112,18 @@ class LanguageModelTask(pl.LightningModule):
             hidden = self.model.init_hidden(batch_size)
         return hidden
 
+    def _set_loader_epoch(self) -> None:
+        loader = self.trainer.train_dataloader
+        if hasattr(loader, "set_epoch"):  # variable-length BPTT: this epoch's windows
+            loader.set_epoch(self.current_epoch)
+
     def on_train_epoch_start(self) -> None:  # not called again when a run resumes mid-epoch
         self._hidden["train"] = None
         self._windows_done = 0
+        self._set_loader_epoch()
 
     def on_train_start(self) -> None:
+        self._set_loader_epoch()  # a run resumed mid-epoch continues in that epoch's windows
         resumed, self._resumed = self._resumed, None
         if resumed is None:
             return
@@ -157,7 +177,9 @@ class LanguageModelTask(pl.LightningModule):
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         self._check_finite(out.total.detach(), batch_idx)
         self._windows_done = batch_idx + 1
-        return out.total * x.size(0) if self.sum_over_time else out.total
+        if self.sum_over_time:
+            return out.total * x.size(0)
+        return out.total * (x.size(0) / self.mean_window) if self.mean_window else out.total
 
     def _logging_step(self) -> bool:
         """Whether Lightning writes step metrics after this step (every ``log_every_n_steps``). Each
@@ -217,6 +239,10 @@ class LanguageModelTask(pl.LightningModule):
         self.log("test/ppl", self.test_ppl, on_step=False, on_epoch=True)
 
     # -- optimisation ------------------------------------------------------------------------
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.current_epoch < self.freeze_embedding_epochs:
+            self.model.embedding.weight.grad = None
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.model.parameters())
         kind = self.lr_schedule["kind"]

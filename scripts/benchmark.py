@@ -16,8 +16,10 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -25,6 +27,8 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from lm.allocator import keep_freed_memory
+from lm.build import model_config
 from lm.data import BPTTWindows, CorpusDataModule, WindowLoader, batchify
 from lm.losses import AugmentedLoss, CrossEntropyLoss
 from lm.model import LSTMLanguageModel, detach_hidden
@@ -53,7 +57,7 @@ def make_model(args, vocab: int, device) -> LSTMLanguageModel:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"size={args.size}"])
     torch.manual_seed(0)
-    return instantiate(cfg.model, vocab_size=vocab, tie_weights=args.tied, output_bias=not args.tied).to(device)
+    return instantiate(model_config(cfg), vocab_size=vocab, tie_weights=args.tied, output_bias=not args.tied).to(device)
 
 
 def _proc_status_mb(key: str) -> float | None:
@@ -96,17 +100,13 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plain_loop(args, data, vocab, device) -> tuple[list[float], float | None]:
+def plain_loop(args, data, vocab, device, tick: Callable[[], None]) -> None:
     """The reference: pytorch/examples word_language_model style, cross-entropy."""
     model = make_model(args, vocab, device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     hidden = model.init_hidden(args.batch)
-    times = []
     for i in range(args.warmup + args.steps):
         x, y = (t.to(device, non_blocking=True) for t in data[i])
-        if i == args.warmup:
-            reset_peak(device)
-        t0 = time.perf_counter()
         hidden = detach_hidden(hidden)
         logits, hidden = model(x, hidden)
         loss = F.cross_entropy(logits.view(-1, vocab), y.reshape(-1)) * x.size(0)
@@ -115,60 +115,129 @@ def plain_loop(args, data, vocab, device) -> tuple[list[float], float | None]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         sync(device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    return times, peak_mb(device)
+        tick()
 
 
-class StepTimer(pl.Callback):
-    def __init__(self, warmup: int, device):
-        self.warmup, self.device, self.times, self._t0 = warmup, device, [], 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.warmup:
-            reset_peak(self.device)
-        self._t0 = time.perf_counter()
+class _Tick(pl.Callback):
+    def __init__(self, tick: Callable[[], None], device):
+        self.tick, self.device = tick, device
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         sync(self.device)
-        if batch_idx >= self.warmup:
-            self.times.append(time.perf_counter() - self._t0)
+        self.tick()
 
 
-def lightning_loop(args, data, vocab, device, loss) -> tuple[list[float], float | None]:
+def lightning_loop(args, data, vocab, device, loss, tick: Callable[[], None]) -> None:
+    """The project's loop; a step's time includes Lightning's work between steps (hooks, fetching and
+    moving the batch), since the clock runs from one step's end to the next's."""
     model = make_model(args, vocab, device)
     task = LanguageModelTask(model, loss, lambda p: torch.optim.SGD(p, lr=1.0), {"kind": "none"})
-    timer = StepTimer(args.warmup, device)
     trainer = pl.Trainer(
         accelerator=device.type, devices=1, max_steps=args.warmup + args.steps, limit_val_batches=0,
         gradient_clip_val=5.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[timer], use_distributed_sampler=False,
+        enable_model_summary=False, callbacks=[_Tick(tick, device)], use_distributed_sampler=False,
     )
     trainer.fit(task, train_dataloaders=WindowLoader(data, pin_memory=device.type == "cuda"))
-    return timer.times, peak_mb(device)
 
 
-def eval_loop(args, data, vocab, device) -> list[float]:
+def eval_loop(args, data, vocab, device, tick: Callable[[], None]) -> None:
     model = make_model(args, vocab, device).eval()
     hidden = model.init_hidden(args.batch)
-    times = []
     with torch.no_grad():
         for i in range(args.warmup + args.steps):
             x, y = (t.to(device) for t in data[i])
-            t0 = time.perf_counter()
             logits, hidden = model(x, hidden)
             F.cross_entropy(logits.view(-1, vocab), y.reshape(-1))
             sync(device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t0)
-    return times
+            tick()
+
+
+class Turns:
+    """Runs every variant in its own thread, one step at a time and in rotating order, so that a slow
+    spell of a shared machine falls on neighbouring steps of all variants rather than on one variant's
+    block of steps (separate blocks gave ratios that moved by +-8% between runs on a 2-core VM).
+    Only the thread holding the turn runs; a step is timed from the moment its thread gets the turn
+    to its ``tick``, so everything the loop does per step is inside it."""
+
+    def __init__(self, warmup: int):
+        self.warmup = warmup
+        self.cond = threading.Condition()
+        self.turn: str | None = None
+        self.finished: set[str] = set()
+        self.errors: list[BaseException] = []
+        self.times: dict[str, list[float]] = {}
+        self._started = 0.0
+
+    def _wait(self, name: str) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn == name)
+        self._started = time.perf_counter()
+
+    def _release(self) -> None:
+        with self.cond:
+            self.turn = None
+            self.cond.notify_all()
+
+    def _run(self, name: str, body: Callable) -> None:
+        try:
+            self._wait(name)  # setting up also happens in turn, so it never overlaps a timed step
+            body(lambda: self._tick(name))
+        except BaseException as exc:  # re-raised by run() in the main thread
+            self.errors.append(exc)
+        finally:
+            with self.cond:
+                self.finished.add(name)
+                self.turn = None
+                self.cond.notify_all()
+
+    def _tick(self, name: str) -> None:
+        elapsed = time.perf_counter() - self._started
+        times = self.times.setdefault(name, [])
+        times.append(elapsed)
+        self._release()
+        self._wait(name)
+
+    def run(self, variants: dict[str, Callable], steps: int) -> dict[str, list[float]]:
+        threads = [threading.Thread(target=self._run, args=(n, body), daemon=True) for n, body in variants.items()]
+        for t in threads:
+            t.start()
+        names = list(variants)
+        for r in range(steps + 1):  # the extra round lets each thread finish (tear down) in its turn
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                with self.cond:
+                    if name in self.finished:
+                        continue
+                    self.turn = name
+                    self.cond.notify_all()
+                    self.cond.wait_for(lambda: self.turn is None)
+            if self.errors:
+                raise self.errors[0]
+        for t in threads:
+            t.join()
+        return {name: t[self.warmup:] for name, t in self.times.items()}
+
+
+def sequential_peaks(args, variants: dict[str, Callable], device) -> dict[str, float | None]:
+    """Peak memory of each variant's steps after warm-up, one variant after another."""
+    peaks = {}
+    for name, body in variants.items():
+        count = [0]
+
+        def tick():
+            count[0] += 1
+            if count[0] == args.warmup:
+                reset_peak(device)
+
+        body(tick)
+        peaks[name] = peak_mb(device)
+    return peaks
 
 
 def cpu_peaks(args) -> dict:
     """CPU peak memory per variant, measured in a child process in which glibc returns every large
     block to the system on free (fixed mmap threshold), so that the resident set follows live tensor
     memory. In this process freed blocks stay resident and would hide the peak."""
-    child = [a for a in sys.argv[1:] if a != "--json"] + ["--memory-only", "--rounds", "1", "--steps", "3"]
+    child = [a for a in sys.argv[1:] if a != "--json"] + ["--memory-only", "--steps", "3"]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     result = subprocess.run([sys.executable, __file__, *child], env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -186,15 +255,19 @@ def main() -> None:
     parser.add_argument("--tied", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--tau", type=float, default=1.0)
-    parser.add_argument("--steps", type=int, default=15, help="timed steps per variant and round")
+    parser.add_argument("--steps", type=int, default=90, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=6,
-                        help="run all variants this many times, interleaved and in rotating order, so that a slow spell of a shared machine hits all alike")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's allocator thresholds as they are (train.py sets them: lm/allocator.py)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the CPU peak child
     args = parser.parse_args()
+    # As train.py does; the peak-memory child instead needs every freed block returned (cpu_peaks).
+    allocator = "glibc defaults"
+    if not (args.default_malloc or args.memory_only) and keep_freed_memory():
+        allocator = "freed memory kept (lm/allocator.py)"
     pl.seed_everything(0, verbose=False)
     device = torch.device(args.device)
     data, vocab, source = windows(args)
@@ -202,42 +275,36 @@ def main() -> None:
         raise SystemExit(f"only {len(data)} windows: lower --steps or --warmup")
     tokens = args.batch * args.bptt
 
-    variants = {
-        "plain_ce": lambda: plain_loop(args, data, vocab, device),
-        "lightning_ce": lambda: lightning_loop(args, data, vocab, device, CrossEntropyLoss()),
-        "lightning_al": lambda: lightning_loop(args, data, vocab, device, AugmentedLoss(args.alpha, args.tau)),
-    }
-    if args.memory_only:
-        print(json.dumps({name: run()[1] for name, run in variants.items()}))
-        return
-    times = {k: [] for k in variants}
-    peaks = {k: [] for k in variants}
-    eval_times = []
-    names = list(variants)
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate: none always goes first
-            t, peak = variants[name]()
-            times[name] += t
-            peaks[name].append(peak)
-        eval_times += eval_loop(args, data, vocab, device)
+    def variants(with_eval: bool) -> dict[str, Callable]:
+        loops = {
+            "plain_ce": lambda tick: plain_loop(args, data, vocab, device, tick),
+            "lightning_ce": lambda tick: lightning_loop(args, data, vocab, device, CrossEntropyLoss(), tick),
+            "lightning_al": lambda tick: lightning_loop(args, data, vocab, device,
+                                                        AugmentedLoss(args.alpha, args.tau), tick),
+        }
+        if with_eval:
+            loops["eval"] = lambda tick: eval_loop(args, data, vocab, device, tick)
+        return loops
 
+    if args.memory_only:
+        print(json.dumps(sequential_peaks(args, variants(with_eval=False), device)))
+        return
+    times = Turns(args.warmup).run(variants(with_eval=True), args.warmup + args.steps)
     rate = {k: tokens / statistics.median(t) for k, t in times.items()}
-    peak = {k: None if None in p else max(p) for k, p in peaks.items()}
-    if device.type == "cpu":
-        peak = cpu_peaks(args)
+    peak = cpu_peaks(args) if device.type == "cpu" else sequential_peaks(args, variants(with_eval=False), device)
     out = {
         "plain_ce_tokens_per_s": rate["plain_ce"],
         "lightning_ce_tokens_per_s": rate["lightning_ce"],
         "lightning_al_tokens_per_s": rate["lightning_al"],
-        "eval_tokens_per_s": tokens / statistics.median(eval_times),
+        "eval_tokens_per_s": rate["eval"],
         "al_over_ce": rate["lightning_al"] / rate["lightning_ce"],
         "lightning_over_plain": rate["lightning_ce"] / rate["plain_ce"],
         "peak_mb_ce": peak.get("lightning_ce"),
         "peak_mb_al": peak.get("lightning_al"),
     }
     print(f"{args.size}, {'tied' if args.tied else 'untied'}, batch {args.batch} x "
-          f"BPTT {args.bptt}, {source}, {args.device}, {torch.get_num_threads()} threads, "
-          f"median of {args.rounds} x {args.steps} steps, each run after {args.warmup} warm-up steps")
+          f"BPTT {args.bptt}, {source}, {args.device}, {torch.get_num_threads()} threads, {allocator}, "
+          f"median of {args.steps} steps after {args.warmup} warm-up steps, variants taking turns step by step")
     for k, v in out.items():
         print(f"  {k:28s} {'n/a (needs CUDA or Linux /proc)' if v is None else f'{v:,.3f}'}")
     if args.json:

@@ -10,6 +10,7 @@ import json
 import hydra
 from omegaconf import DictConfig
 
+from lm.allocator import keep_freed_memory
 from lm.build import build_datamodule, build_task, build_trainer
 from lm.checkpoint import check_compatible, load_checkpoint
 from lm.cli import report_user_errors
@@ -21,6 +22,7 @@ from lm.errors import ConfigError
 def main(cfg: DictConfig) -> None:
     if not cfg.ckpt_path:
         raise ConfigError("evaluate.py needs ckpt_path=PATH (a .ckpt file written by train.py).")
+    keep_freed_memory()
     datamodule = build_datamodule(cfg)
     task = build_task(cfg, datamodule)
     check_compatible(load_checkpoint(cfg.ckpt_path), cfg.ckpt_path, task.model, datamodule.vocab.itos)

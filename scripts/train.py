@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from lm.allocator import keep_freed_memory
 from lm.build import build_datamodule, build_task, build_trainer
 from lm.callbacks import StopRequested, TrainThroughput
 from lm.checkpoint import check_compatible, load_checkpoint
@@ -47,6 +48,7 @@ def _resume_from(cfg: DictConfig, run_dir: Path) -> Path | None:
 @report_user_errors
 def main(cfg: DictConfig) -> float:
     start = time.time()
+    keep_freed_memory()  # CPU: the per-step (tokens x vocab) tensors stay in the process (lm/allocator.py)
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
     datamodule = build_datamodule(cfg)

@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import CONF, TINY, compose_cfg
-from lm.build import build_datamodule, build_task, build_trainer
+from lm.build import build_datamodule, build_task, build_trainer, model_config
 from lm.losses import AugmentedLoss, CrossEntropyLoss
 from lm.schedules import Constant, Cosine, Linear
 
@@ -60,7 +60,7 @@ def test_preset_sets_size_model_and_loss(tmp_path, name):
     assert cfg.model.tie_weights == (PAPER[variant][0] == "tied")
     assert cfg.loss._target_.endswith("AugmentedLoss" if PAPER[variant][1] == "augmented" else "CrossEntropyLoss")
     assert cfg.data.bptt == 35 and cfg.data.batch_size == 20 and cfg.optim.optimizer.lr == 1.0
-    model = instantiate(cfg.model, vocab_size=100)
+    model = instantiate(model_config(cfg), vocab_size=100)
     assert (model.decoder.weight is model.embedding.weight) == (PAPER[variant][0] == "tied")
 
 

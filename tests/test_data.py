@@ -141,3 +141,46 @@ def test_window_loader_starts_one_pass_at_a_given_window(corpus):
 def test_non_positive_sizes_are_config_errors(corpus, key, value):
     with pytest.raises(ConfigError, match=key):
         CorpusDataModule(str(corpus), **{key: value})
+
+
+@pytest.mark.parametrize("steps,bptt", [(1000, 35), (97, 8), (20, 8), (7, 3)])
+def test_variable_windows_cover_the_stream_with_as_many_windows_as_fixed_ones(steps, bptt):
+    from lm.data import variable_starts
+
+    starts = variable_starts(steps, bptt, epoch=0, seed=1)
+    assert starts[0] == 0 and starts[-1] == steps
+    assert len(starts) - 1 == -(-steps // bptt)
+    assert all(b > a for a, b in zip(starts, starts[1:]))
+    assert starts == variable_starts(steps, bptt, epoch=0, seed=1)  # depends only on its arguments
+    if steps >= 10 * bptt:
+        assert starts != variable_starts(steps, bptt, epoch=1, seed=1)  # boundaries move between epochs
+
+
+def test_variable_window_lengths_follow_awd_lstm():
+    from lm.data import variable_starts
+
+    starts = torch.tensor(variable_starts(350_000, 35, epoch=2, seed=0, std=5.0, half_prob=0.05))
+    lengths = (starts[1:] - starts[:-1]).double()
+    halves = lengths < 26  # well below 35 - 5 std ... of the full-length windows
+    assert 0.03 < halves.double().mean() < 0.07
+    full = lengths[~halves]
+    stretch = 35 / (0.95 * 35 + 0.05 * 17.5)  # drawn lengths average 34.1; stretched to cover with 35
+    assert full.mean().item() == pytest.approx(35 * stretch, rel=0.01)
+    assert full.std().item() == pytest.approx(5.0, rel=0.15)
+
+
+def test_loader_set_epoch_switches_to_that_epochs_windows(corpus):
+    dm = CorpusDataModule(str(corpus), batch_size=4, bptt=8, variable_bptt=True, seed=3)
+    dm.setup()
+    loader = dm.train_dataloader()
+    fixed_len = len(dm.windows("train"))
+    streams = dm._streams["train"]
+    seen = []
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        assert len(loader) == fixed_len
+        xs = [x for x, _ in loader]
+        assert torch.equal(torch.cat(xs), streams[:-1])  # every epoch covers the whole stream once
+        seen.append([x.size(0) for x in xs])
+    assert seen[0] != seen[1]
+    assert dm.val_dataloader().epoch_windows is None  # evaluation keeps fixed windows

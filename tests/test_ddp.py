@@ -61,3 +61,13 @@ def test_batch_not_divisible_by_processes_is_one_clear_line(corpus, tmp_path):
                         f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode != 0
     assert "not divisible by the 2 DDP processes" in result.stderr
+
+
+def test_variable_bptt_on_two_processes_equals_one_process(corpus, tmp_path):
+    # Two epochs of three windows each: both ranks must draw the same, epoch-dependent, window lengths.
+    run = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+           "data.variable_bptt=true", "data.bptt_std=3"]
+    a = _weights(_train(corpus, tmp_path / "single", *run))
+    b = _weights(_train(corpus, tmp_path / "ddp", *run, *DDP))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -186,3 +186,31 @@ def test_resume_with_a_fixed_target_restores_the_copy(tmp_path):
     torch.save(saved, last)
     _, without = fit(tmp_path / "stopped", ckpt_path=str(last))
     assert not torch.allclose(without.model.embedding.weight, straight.model.embedding.weight, rtol=1e-4, atol=1e-6)
+
+
+class WindowLengths(pl.Callback):
+    def __init__(self):
+        self.lengths = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lengths.append((trainer.current_epoch, batch[0].size(0)))
+
+
+def test_variable_bptt_resumes_mid_epoch_in_the_same_windows(corpus, tmp_path):
+    variable = ["data.variable_bptt=true", "data.bptt_std=3"]
+    straight_lengths = WindowLengths()
+    trainer, task, val_straight = _fit(corpus, tmp_path / "straight", straight_lengths, overrides=variable)
+    per_epoch = trainer.num_training_batches
+    epochs = [[n for e, n in straight_lengths.lengths if e == k] for k in range(3)]
+    assert epochs[0] != epochs[1] and len(set(epochs[0])) > 1  # lengths vary, and boundaries move between epochs
+
+    stop = per_epoch + per_epoch // 2
+    with pytest.raises(SIGTERMException):
+        _fit(corpus, tmp_path / "broken", SignalAt(stop, signal.SIGTERM), overrides=variable)
+    resumed_lengths = WindowLengths()
+    _, task_resumed, val_resumed = _fit(corpus, tmp_path / "broken", resumed_lengths, overrides=variable,
+                                        ckpt_path=str(tmp_path / "broken" / "checkpoints" / "last.ckpt"))
+    assert resumed_lengths.lengths == straight_lengths.lengths[stop:]
+    assert val_resumed[-1] == pytest.approx(val_straight[-1], rel=1e-4)
+    for name, value in _params(task_resumed).items():
+        torch.testing.assert_close(value, _params(task)[name], rtol=1e-4, atol=1e-6, msg=name)

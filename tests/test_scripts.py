@@ -70,7 +70,7 @@ def test_evaluate_without_checkpoint_says_what_to_pass(corpus, tmp_path):
 
 
 def test_benchmark_prints_its_json_record():
-    result = run_script("benchmark.py", "--vocab", "50", "--steps", "2", "--warmup", "1", "--rounds", "1", "--json")
+    result = run_script("benchmark.py", "--vocab", "50", "--steps", "2", "--warmup", "1", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("plain_ce_tokens_per_s", "lightning_ce_tokens_per_s", "lightning_al_tokens_per_s",
