@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset
 
-from lm.download import download, sha256_of
+from lm.download import download, extract, sha256_of
 from lm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,10 @@ class Vocabulary:
         return cls(Path(path).read_text(encoding="utf-8").split("\n")[:-1])
 
 
-def split_path(data_dir: Path, split: str) -> Path | None:
-    """``ptb.<split>.txt`` or ``<split>.txt``, whichever exists."""
-    for name in (f"ptb.{split}.txt", f"{split}.txt"):
+def split_path(data_dir: Path, split: str, files: dict[str, str] | None = None) -> Path | None:
+    """``files[split]`` when given, else ``ptb.<split>.txt`` or ``<split>.txt``, whichever exists."""
+    names = [files[split]] if files else [f"ptb.{split}.txt", f"{split}.txt"]
+    for name in names:
         if (data_dir / name).is_file():
             return data_dir / name
     return None
@@ -199,10 +200,12 @@ class WindowLoader:
 class CorpusDataModule(pl.LightningDataModule):
     """Train/valid/test splits of a word corpus as BPTT windows.
 
-    ``data_dir`` holds ``ptb.{train,valid,test}.txt`` or ``{train,valid,test}.txt``. When the
-    files are absent and ``download`` is on, ``prepare_data`` fetches ``url + <file name>`` for every
-    file named in ``sha256`` and checks it. Under DDP each rank takes its own contiguous slice of the
-    B streams, so the ranks together see exactly the single-process data.
+    ``data_dir`` holds ``ptb.{train,valid,test}.txt`` or ``{train,valid,test}.txt``, or the names
+    given in ``files``. When they are absent and ``download`` is on, ``prepare_data`` fetches
+    ``<url>/<name>`` for every file named in ``sha256`` (``url`` may list mirrors, tried in order),
+    checks it, and takes the split files out of any ``.zip`` among them. Under DDP each rank takes
+    its own contiguous slice of the B streams, so the ranks together see exactly the single-process
+    data.
     """
 
     def __init__(
@@ -212,8 +215,10 @@ class CorpusDataModule(pl.LightningDataModule):
         eval_batch_size: int = 10,
         bptt: int = 35,
         download: bool = False,
-        url: str | None = None,
+        url: str | list[str] | None = None,
         sha256: dict[str, str] | None = None,
+        files: dict[str, str] | None = None,
+        dir_env: str = "PTB_DIR",
         variable_bptt: bool = False,
         bptt_std: float = 5.0,
         bptt_half_prob: float = 0.05,
@@ -235,8 +240,12 @@ class CorpusDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.bptt = bptt
         self.download = download
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url or [])
         self.sha256 = dict(sha256 or {})
+        if files is not None and set(files) != set(SPLITS):
+            raise ConfigError(f"data.files must name exactly the splits {SPLITS}, got {sorted(files)}.")
+        self.files = dict(files) if files is not None else None
+        self.dir_env = dir_env
         self.vocab: Vocabulary | None = None
         self.oov: dict[str, Counter] = {}
         self._ids: dict[str, torch.Tensor] = {}
@@ -244,26 +253,39 @@ class CorpusDataModule(pl.LightningDataModule):
 
     # -- files ------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        missing = [s for s in SPLITS if split_path(self.data_dir, s) is None]
-        if missing and self.download and self.url and self.sha256:
+        missing = self._missing_splits()
+        if missing and self.download and self.urls and self.sha256:
             for name, digest in self.sha256.items():
                 dest = self.data_dir / name
                 if not dest.is_file():
-                    log.info("downloading %s", self.url.rstrip("/") + "/" + name)
-                    try:
-                        download(self.url.rstrip("/") + "/" + name, dest, digest)
-                    except DataError as exc:
-                        raise DataError(f"{exc}\n{self._where_to_put_files()}") from exc
-            missing = [s for s in SPLITS if split_path(self.data_dir, s) is None]
+                    self._fetch(name, dest, digest)
+                if name.endswith(".zip"):
+                    extract(dest, list((self.files or {}).values()), self.data_dir)
+            missing = self._missing_splits()
         if missing:
             raise DataError(f"missing split(s) {', '.join(missing)} in {self.data_dir}.\n{self._where_to_put_files()}")
         self._verify_checksums()
 
+    def _missing_splits(self) -> list[str]:
+        return [s for s in SPLITS if split_path(self.data_dir, s, self.files) is None]
+
+    def _fetch(self, name: str, dest: Path, digest: str) -> None:
+        failures = []
+        for base in self.urls:
+            url = base.rstrip("/") + "/" + name
+            log.info("downloading %s", url)
+            try:
+                return download(url, dest, digest)
+            except DataError as exc:
+                failures.append(str(exc))
+        raise DataError("\n".join(failures) + f"\n{self._where_to_put_files()}")
+
     def _where_to_put_files(self) -> str:
+        names = ", ".join(self.files.values()) if self.files else (
+            "ptb.train.txt, ptb.valid.txt and ptb.test.txt (or train.txt, valid.txt, test.txt)")
         return (
-            f"Put ptb.train.txt, ptb.valid.txt and ptb.test.txt (or train.txt, valid.txt, test.txt) in "
-            f"{self.data_dir.resolve()}, or point the setting data.data_dir (or the environment variable "
-            f"PTB_DIR) at the folder that holds them."
+            f"Put {names} in {self.data_dir.resolve()}, or point the setting data.data_dir (or the environment "
+            f"variable {self.dir_env}) at the folder that holds them."
         )
 
     def _verify_checksums(self) -> None:
@@ -287,10 +309,10 @@ class CorpusDataModule(pl.LightningDataModule):
             self._check_fills_one_window(split, ids.numel(), batch)
 
     def _read(self) -> None:
-        paths = {s: split_path(self.data_dir, s) for s in SPLITS}
+        paths = {s: split_path(self.data_dir, s, self.files) for s in SPLITS}
         if any(p is None for p in paths.values()):
             self.prepare_data()
-            paths = {s: split_path(self.data_dir, s) for s in SPLITS}
+            paths = {s: split_path(self.data_dir, s, self.files) for s in SPLITS}
         lines = {s: read_lines(p) for s, p in paths.items()}
         self.vocab = Vocabulary.from_lines(lines["train"])
         self._ids = {}

@@ -1,4 +1,4 @@
-"""Fetch corpus files over HTTP(S), verify their SHA-256, and never leave a partial file behind."""
+"""Fetch corpus files over HTTP(S), verify their SHA-256, unpack archives, and never leave a partial file behind."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 from lm.errors import DataError
@@ -54,3 +55,28 @@ def download(url: str, dest: Path, sha256: str | None, timeout: float = 60.0) ->
         raise DataError(f"could not download {url} to {dest}: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def extract(archive: Path, names: list[str], folder: Path) -> None:
+    """Write the members of the zip ``archive`` whose file names are ``names`` into ``folder`` (flat,
+    whatever folder they sit in inside the archive). Each goes through a temporary file and a rename,
+    so an interrupted extraction leaves no partial file; members already in ``folder`` are kept."""
+    wanted = [n for n in names if not (folder / n).is_file()]
+    if not wanted:
+        return
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = {Path(m).name: m for m in zf.namelist() if not m.endswith("/")}
+            for name in wanted:
+                if name not in members:
+                    raise DataError(f"{archive} has no member {name}; it holds {sorted(members)}.")
+                fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+                try:
+                    with os.fdopen(fd, "wb") as out, zf.open(members[name]) as src:
+                        for chunk in iter(lambda: src.read(_CHUNK), b""):
+                            out.write(chunk)
+                    os.replace(tmp_name, folder / name)
+                finally:
+                    Path(tmp_name).unlink(missing_ok=True)
+    except zipfile.BadZipFile as exc:
+        raise DataError(f"{archive} is not a valid zip archive ({exc}); delete it to download it again.") from exc

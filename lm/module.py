@@ -135,6 +135,9 @@ class LanguageModelTask(pl.LightningModule):
             self._windows_done = done
             self._hidden["train"] = [(h.to(self.device), c.to(self.device)) for h, c in resumed["hidden"]]
             self.trainer.train_dataloader.start_at(done)
+            bar = self.trainer.progress_bar_callback
+            if bar is not None:  # Lightning skips the epoch-start hooks here, so the bar lacks its total
+                bar.on_train_epoch_start(self.trainer, self)
 
     def on_validation_epoch_start(self) -> None:
         self._hidden["val"] = None

@@ -104,6 +104,9 @@ CONFIG_CASES = {
     "dropout_one": (["model.dropout_hidden=1.0"], "model.dropout_hidden must be in [0, 1)"),
     "dropout_negative": (["model.dropout_emb=-0.1"], "model.dropout_emb must be in [0, 1)"),
     "tied_sizes": (["model=tied", "model.emb_size=8"], "model.emb_size == model.hidden_size"),
+    "vectors_missing": (["model.pretrained_vectors=/nonexistent/vectors.txt"], "/nonexistent/vectors.txt does not exist"),
+    "freeze_negative": (["model.freeze_embedding_epochs=-1"], "model.freeze_embedding_epochs must be an integer >= 0"),
+    "bptt_std_negative": (["data.variable_bptt=true", "data.bptt_std=-1"], "data.bptt_std must be >= 0"),
 }
 
 

@@ -184,3 +184,8 @@ def test_loader_set_epoch_switches_to_that_epochs_windows(corpus):
         seen.append([x.size(0) for x in xs])
     assert seen[0] != seen[1]
     assert dm.val_dataloader().epoch_windows is None  # evaluation keeps fixed windows
+
+
+def test_split_files_must_name_the_three_splits(corpus):
+    with pytest.raises(ConfigError, match="data.files must name exactly the splits"):
+        CorpusDataModule(str(corpus), files={"train": "a", "valid": "b"})

@@ -119,3 +119,66 @@ def test_no_download_when_disabled(tmp_path, served):
     with pytest.raises(DataError, match="missing split"):
         CorpusDataModule(str(dest), download=False, url=url, sha256=sums).prepare_data()
     assert _leftovers(dest) == []
+
+
+WT2 = {"train": "wiki.train.tokens", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"}
+
+
+def _zip_corpus(tmp_path):
+    """A WikiText-2 shaped archive: wikitext-2/wiki.<split>.tokens inside wikitext-2-v1.zip."""
+    import zipfile
+
+    source = write_corpus(tmp_path / "src")
+    www = tmp_path / "www" / "files"
+    www.mkdir(parents=True)
+    archive = www / "wikitext-2-v1.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for split, name in WT2.items():
+            zf.write(source / f"{split}.txt", f"wikitext-2/{name}")
+    return source, archive, {archive.name: hashlib.sha256(archive.read_bytes()).hexdigest()}
+
+
+def test_archive_is_downloaded_from_the_first_mirror_that_serves_it_and_extracted(tmp_path):
+    source, archive, sums = _zip_corpus(tmp_path)
+    server, url = _serve(tmp_path / "www")
+    try:
+        dest = tmp_path / "wt2"
+        dead = url.replace("/files", "/gone")  # 404: the first mirror no longer serves it
+        dm = CorpusDataModule(str(dest), download=True, url=[dead, url], sha256=sums, files=WT2, batch_size=2,
+                              dir_env="WT2_DIR")
+        dm.setup()
+        assert _leftovers(dest) == sorted([archive.name, *WT2.values()])
+        for split, name in WT2.items():
+            assert (dest / name).read_bytes() == (source / f"{split}.txt").read_bytes()
+        (dest / "wiki.test.tokens").unlink()  # a lost split comes back from the kept archive, no download
+        server.shutdown()
+        dm.prepare_data()
+        assert (dest / "wiki.test.tokens").is_file()
+    finally:
+        server.shutdown()
+
+
+def test_archive_checksum_mismatch_on_every_mirror_says_how_to_provide_the_files(tmp_path):
+    _, _, sums = _zip_corpus(tmp_path)
+    server, url = _serve(tmp_path / "www")
+    try:
+        dest = tmp_path / "wt2"
+        dm = CorpusDataModule(str(dest), download=True, url=[url, url], sha256={"wikitext-2-v1.zip": "0" * 64},
+                              files=WT2, dir_env="WT2_DIR")
+        with pytest.raises(DataError) as exc:
+            dm.prepare_data()
+        msg = str(exc.value)
+        assert msg.count("checksum mismatch") == 2 and "wiki.train.tokens" in msg and "WT2_DIR" in msg
+        assert _leftovers(dest) == []
+    finally:
+        server.shutdown()
+
+
+def test_corrupt_archive_is_one_clear_error(tmp_path):
+    dest = tmp_path / "wt2"
+    dest.mkdir()
+    (dest / "wikitext-2-v1.zip").write_bytes(b"not a zip")
+    dm = CorpusDataModule(str(dest), download=True, url="http://127.0.0.1:9/none", sha256={"wikitext-2-v1.zip": "0" * 64},
+                          files=WT2)
+    with pytest.raises(DataError, match="not a valid zip archive"):
+        dm.prepare_data()
