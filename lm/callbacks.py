@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -84,6 +85,8 @@ class SaveOnStop(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         # Not on_fit_start: Lightning records the signal handlers in between and reinstates them at teardown.
         self.requested = None
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set signal handlers (and only it receives signals)
         self._previous_handler = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, self._on_sigint)
 

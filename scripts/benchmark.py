@@ -4,8 +4,10 @@
     python scripts/benchmark.py --size medium --vocab 33278 --json
 
 Every variant trains the same model class on the same windows in this one process: forward, loss,
-backward, gradient clipping, SGD update (and, for Lightning, its logging). Times are per step,
-median over the timed steps after warm-up; tokens/s = batch x BPTT / median step time.
+backward, gradient clipping, SGD update (and, for Lightning, its hooks, logging and batch handling).
+The variants take turns step by step (``Turns``), so the ratios compare steps run moments apart.
+Times are per step, median over the timed steps after warm-up; tokens/s = batch x BPTT / median
+step time. Peak memory is measured separately, one variant after another (``cpu_peaks``).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from lm.allocator import keep_freed_memory
-from lm.build import model_config
+from lm.build import build_trainer, model_config
 from lm.data import BPTTWindows, CorpusDataModule, WindowLoader, batchify
 from lm.losses import AugmentedLoss, CrossEntropyLoss
 from lm.model import LSTMLanguageModel, detach_hidden
@@ -52,10 +57,17 @@ def windows(args) -> tuple[BPTTWindows, int, str]:
     return BPTTWindows(batchify(ids, args.batch), args.bptt), vocab, f"synthetic tokens, vocabulary {vocab}"
 
 
-def make_model(args, vocab: int, device) -> LSTMLanguageModel:
-    """The model exactly as conf/ builds it for ``size=<args.size>``, tied or untied."""
+def project_config(args, output_dir: str) -> DictConfig:
+    """The training config as train.py composes it for ``size=<args.size>``, without validation."""
+    overrides = [f"size={args.size}", f"paths.output_dir={output_dir}", f"trainer.accelerator={args.device.split(':')[0]}",
+                 "trainer.max_epochs=-1", f"trainer.max_steps={args.warmup + args.steps}",
+                 "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"size={args.size}"])
+        return compose(config_name="train", overrides=overrides)
+
+
+def make_model(args, cfg: DictConfig, vocab: int, device) -> LSTMLanguageModel:
+    """The model exactly as conf/ builds it, tied or untied."""
     torch.manual_seed(0)
     return instantiate(model_config(cfg), vocab_size=vocab, tie_weights=args.tied, output_bias=not args.tied).to(device)
 
@@ -100,9 +112,9 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plain_loop(args, data, vocab, device, tick: Callable[[], None]) -> None:
+def plain_loop(args, cfg, data, vocab, device, tick: Callable[[], None]) -> None:
     """The reference: pytorch/examples word_language_model style, cross-entropy."""
-    model = make_model(args, vocab, device).train()
+    model = make_model(args, cfg, vocab, device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     hidden = model.init_hidden(args.batch)
     for i in range(args.warmup + args.steps):
@@ -127,21 +139,19 @@ class _Tick(pl.Callback):
         self.tick()
 
 
-def lightning_loop(args, data, vocab, device, loss, tick: Callable[[], None]) -> None:
-    """The project's loop; a step's time includes Lightning's work between steps (hooks, fetching and
-    moving the batch), since the clock runs from one step's end to the next's."""
-    model = make_model(args, vocab, device)
+def lightning_loop(args, cfg, data, vocab, device, loss, tick: Callable[[], None]) -> None:
+    """The project's loop, with the trainer train.py builds (callbacks, logger, checkpoint I/O); a
+    step's time includes Lightning's work between steps (hooks, logging, fetching and moving the
+    batch), since the clock runs from one step's end to the next's."""
+    model = make_model(args, cfg, vocab, device)
     task = LanguageModelTask(model, loss, lambda p: torch.optim.SGD(p, lr=1.0), {"kind": "none"})
-    trainer = pl.Trainer(
-        accelerator=device.type, devices=1, max_steps=args.warmup + args.steps, limit_val_batches=0,
-        gradient_clip_val=5.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[_Tick(tick, device)], use_distributed_sampler=False,
-    )
+    trainer = build_trainer(cfg)
+    trainer.callbacks.append(_Tick(tick, device))
     trainer.fit(task, train_dataloaders=WindowLoader(data, pin_memory=device.type == "cuda"))
 
 
-def eval_loop(args, data, vocab, device, tick: Callable[[], None]) -> None:
-    model = make_model(args, vocab, device).eval()
+def eval_loop(args, cfg, data, vocab, device, tick: Callable[[], None]) -> None:
+    model = make_model(args, cfg, vocab, device).eval()
     hidden = model.init_hidden(args.batch)
     with torch.no_grad():
         for i in range(args.warmup + args.steps):
@@ -275,23 +285,29 @@ def main() -> None:
         raise SystemExit(f"only {len(data)} windows: lower --steps or --warmup")
     tokens = args.batch * args.bptt
 
+    output_dir = tempfile.mkdtemp(prefix="benchmark-")  # what the trainer writes (a CSV log), removed below
+    cfg = project_config(args, output_dir)
+
     def variants(with_eval: bool) -> dict[str, Callable]:
         loops = {
-            "plain_ce": lambda tick: plain_loop(args, data, vocab, device, tick),
-            "lightning_ce": lambda tick: lightning_loop(args, data, vocab, device, CrossEntropyLoss(), tick),
-            "lightning_al": lambda tick: lightning_loop(args, data, vocab, device,
+            "plain_ce": lambda tick: plain_loop(args, cfg, data, vocab, device, tick),
+            "lightning_ce": lambda tick: lightning_loop(args, cfg, data, vocab, device, CrossEntropyLoss(), tick),
+            "lightning_al": lambda tick: lightning_loop(args, cfg, data, vocab, device,
                                                         AugmentedLoss(args.alpha, args.tau), tick),
         }
         if with_eval:
-            loops["eval"] = lambda tick: eval_loop(args, data, vocab, device, tick)
+            loops["eval"] = lambda tick: eval_loop(args, cfg, data, vocab, device, tick)
         return loops
 
-    if args.memory_only:
-        print(json.dumps(sequential_peaks(args, variants(with_eval=False), device)))
-        return
-    times = Turns(args.warmup).run(variants(with_eval=True), args.warmup + args.steps)
+    try:
+        if args.memory_only:
+            print(json.dumps(sequential_peaks(args, variants(with_eval=False), device)))
+            return
+        times = Turns(args.warmup).run(variants(with_eval=True), args.warmup + args.steps)
+        peak = cpu_peaks(args) if device.type == "cpu" else sequential_peaks(args, variants(with_eval=False), device)
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
     rate = {k: tokens / statistics.median(t) for k, t in times.items()}
-    peak = cpu_peaks(args) if device.type == "cpu" else sequential_peaks(args, variants(with_eval=False), device)
     out = {
         "plain_ce_tokens_per_s": rate["plain_ce"],
         "lightning_ce_tokens_per_s": rate["lightning_ce"],
@@ -299,6 +315,7 @@ def main() -> None:
         "eval_tokens_per_s": rate["eval"],
         "al_over_ce": rate["lightning_al"] / rate["lightning_ce"],
         "lightning_over_plain": rate["lightning_ce"] / rate["plain_ce"],
+        "peak_mb_plain": peak.get("plain_ce"),
         "peak_mb_ce": peak.get("lightning_ce"),
         "peak_mb_al": peak.get("lightning_al"),
     }
