@@ -285,18 +285,18 @@ def main() -> None:
         raise SystemExit(f"only {len(data)} windows: lower --steps or --warmup")
     tokens = args.batch * args.bptt
 
-    output_dir = tempfile.mkdtemp(prefix="benchmark-")  # what the trainer writes (a CSV log), removed below
-    cfg = project_config(args, output_dir)
+    output_dir = tempfile.mkdtemp(prefix="benchmark-")  # what the trainers write (CSV logs), removed below
+    cfg = {name: project_config(args, f"{output_dir}/{name}") for name in ("ce", "al")}
 
     def variants(with_eval: bool) -> dict[str, Callable]:
         loops = {
-            "plain_ce": lambda tick: plain_loop(args, cfg, data, vocab, device, tick),
-            "lightning_ce": lambda tick: lightning_loop(args, cfg, data, vocab, device, CrossEntropyLoss(), tick),
-            "lightning_al": lambda tick: lightning_loop(args, cfg, data, vocab, device,
+            "plain_ce": lambda tick: plain_loop(args, cfg["ce"], data, vocab, device, tick),
+            "lightning_ce": lambda tick: lightning_loop(args, cfg["ce"], data, vocab, device, CrossEntropyLoss(), tick),
+            "lightning_al": lambda tick: lightning_loop(args, cfg["al"], data, vocab, device,
                                                         AugmentedLoss(args.alpha, args.tau), tick),
         }
         if with_eval:
-            loops["eval"] = lambda tick: eval_loop(args, cfg, data, vocab, device, tick)
+            loops["eval"] = lambda tick: eval_loop(args, cfg["ce"], data, vocab, device, tick)
         return loops
 
     try:
