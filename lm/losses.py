@@ -98,8 +98,8 @@ def augmented_loss(logits, targets, embedding, alpha: float, tau: float, target_
 
     ``compiled=True`` runs the per-token work through ``torch.compile``, which fuses forming ``y~``
     from its logits, both softmaxes, the KL sum and the gradient into about two passes over each
-    chunk (the eager code needs eight); where compiling fails (no C++ compiler, no Triton) it warns once and
-    stays eager. The gradient-through-target option always runs eagerly.
+    chunk (the eager code needs eight); where compiling fails (no C++ compiler, no Triton) it warns
+    once and stays eager. The gradient-through-target option always runs eagerly.
     """
     return LossOutput(*_FusedAugmentedLoss.apply(logits, targets, embedding, alpha, tau, target_grad, chunk_elements,
                                                  compiled and not target_grad))

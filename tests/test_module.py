@@ -182,3 +182,25 @@ def test_tau_schedule_must_stay_positive(corpus, tmp_path):
 
     with pytest.raises(ConfigError, match="tau schedule must stay > 0"):
         build(corpus, tmp_path, "tau_schedule=linear", "tau_schedule.start=0")
+
+
+@pytest.mark.parametrize("sum_over_time", [True, False])
+def test_variable_windows_weigh_the_loss_by_their_length(corpus, tmp_path, sum_over_time):
+    import pytorch_lightning as pl
+
+    _, dm, task, trainer = build(corpus, tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=6",
+                                 "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1", "model=untied",
+                                 "loss=ce", "data.variable_bptt=true", "data.bptt_std=3",
+                                 f"optim.sum_over_time={str(sum_over_time).lower()}")
+    seen = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen.append((batch[0].size(0), float(outputs["loss"]), float(trainer.callback_metrics["train/loss"])))
+
+    trainer.callbacks.append(Record())
+    trainer.fit(task, datamodule=dm)
+    assert len({length for length, _, _ in seen}) > 1  # the windows really differ in length
+    for length, returned, per_token in seen:
+        factor = length if sum_over_time else length / 8  # data.bptt=8 in TINY: AWD-LSTM's lr * L / bptt
+        assert returned == pytest.approx(per_token * factor, rel=1e-5)
