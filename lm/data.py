@@ -4,8 +4,8 @@ A split is one long token sequence (``<eos>`` at every line end). ``batchify`` c
 parallel streams laid out as a (T, B) tensor; training walks it in consecutive windows of ``bptt``
 steps, so the LSTM state at the end of one window is the right start for the next. Windows are
 views into that tensor: no shuffling, no per-window copy. With ``variable_bptt`` the training
-windows' lengths are drawn anew every epoch (AWD-LSTM), so their boundaries move between epochs. ``WindowLoader`` can begin a pass at any
-window, so a run stopped mid-epoch resumes at the next one.
+windows' lengths are drawn anew every epoch (AWD-LSTM), so their boundaries move between epochs.
+``WindowLoader`` can begin a pass at any window, so a run stopped mid-epoch resumes at the next one.
 """
 
 from __future__ import annotations

@@ -96,7 +96,9 @@ class LanguageModelTask(pl.LightningModule):
         self.mean_window = mean_window
         self.model_config = model_config  # saved with checkpoints, so that scripts can rebuild the model
         if not isinstance(freeze_embedding_epochs, int) or freeze_embedding_epochs < 0:
-            raise ConfigError(f"model.freeze_embedding_epochs must be an integer >= 0, got {freeze_embedding_epochs!r}.")
+            raise ConfigError(
+                f"model.freeze_embedding_epochs must be an integer >= 0, got {freeze_embedding_epochs!r}."
+            )
         self.freeze_embedding_epochs = freeze_embedding_epochs
         self.val_ppl = Perplexity()
         self.test_ppl = Perplexity()

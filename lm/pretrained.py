@@ -25,18 +25,20 @@ def read_vectors(path: str | Path, vocab: list[str], dim: int) -> dict[int, torc
                         "text file, or set model.pretrained_vectors=null.")
     index = {w: i for i, w in enumerate(vocab)}
     found: dict[int, torch.Tensor] = {}
-    file_dim: int | None = None
+    dim_checked = False  # against the header, or else the first vector
     try:
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, start=1):
                 parts = line.rstrip().split(" ")
                 if number == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
-                    file_dim = _check_dim(int(parts[1]), dim, path)  # word2vec header: "<count> <dimension>"
+                    _check_dim(int(parts[1]), dim, path)  # word2vec header: "<count> <dimension>"
+                    dim_checked = True
                     continue
                 if len(parts) < 2:
                     continue  # a blank line
-                if file_dim is None:
-                    file_dim = _check_dim(len(parts) - 1, dim, path)
+                if not dim_checked:
+                    _check_dim(len(parts) - 1, dim, path)
+                    dim_checked = True
                 if len(parts) - 1 < dim:
                     raise DataError(f"{path} line {number} has {len(parts) - 1} components, not {dim}: "
                                     "the file is truncated or not a word2vec/GloVe text file.")
@@ -53,13 +55,12 @@ def read_vectors(path: str | Path, vocab: list[str], dim: int) -> dict[int, torc
     return found
 
 
-def _check_dim(file_dim: int, dim: int, path: Path) -> int:
+def _check_dim(file_dim: int, dim: int, path: Path) -> None:
     if file_dim != dim:
         raise ConfigError(
             f"the vectors in {path} have {file_dim} components, but model.emb_size is {dim}. Set "
             f"model.emb_size={file_dim} (and model.hidden_size={file_dim} for model=tied), or use {dim}-d vectors."
         )
-    return file_dim
 
 
 def init_embedding(embedding: torch.nn.Embedding, path: str | Path, vocab: list[str]) -> int:

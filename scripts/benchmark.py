@@ -59,7 +59,8 @@ def windows(args) -> tuple[BPTTWindows, int, str]:
 
 def project_config(args, output_dir: str) -> DictConfig:
     """The training config as train.py composes it for ``size=<args.size>``, without validation."""
-    overrides = [f"size={args.size}", f"paths.output_dir={output_dir}", f"trainer.accelerator={args.device.split(':')[0]}",
+    overrides = [f"size={args.size}", f"paths.output_dir={output_dir}",
+                 f"trainer.accelerator={args.device.split(':')[0]}",
                  "trainer.max_epochs=-1", f"trainer.max_steps={args.warmup + args.steps}",
                  "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
