@@ -32,10 +32,12 @@ def build_datamodule(cfg: DictConfig) -> CorpusDataModule:
     return datamodule
 
 
-def build_task(cfg: DictConfig, datamodule: CorpusDataModule) -> LanguageModelTask:
+def build_task(cfg: DictConfig, datamodule: CorpusDataModule, from_checkpoint: bool = False) -> LanguageModelTask:
+    """``from_checkpoint``: the weights will come from a checkpoint, so pre-trained vectors are not read
+    (a resumed run or an evaluation needs neither the file nor the time to scan it)."""
     config = model_config(cfg)
     model = instantiate(config, vocab_size=datamodule.vocab_size)
-    if cfg.model.get("pretrained_vectors"):
+    if cfg.model.get("pretrained_vectors") and not from_checkpoint:
         init_embedding(model.embedding, cfg.model.pretrained_vectors, datamodule.vocab.itos)
     loss = instantiate(cfg.loss)
     uses_alpha = getattr(loss, "uses_alpha", False)

@@ -52,9 +52,9 @@ def main(cfg: DictConfig) -> float:
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
     datamodule = build_datamodule(cfg)
-    task = build_task(cfg, datamodule)
-    trainer = build_trainer(cfg)
     resume = _resume_from(cfg, run_dir)
+    task = build_task(cfg, datamodule, from_checkpoint=resume is not None)
+    trainer = build_trainer(cfg)
     if resume is not None:  # fail here, in one line, rather than inside Lightning
         check_compatible(load_checkpoint(resume), resume, task.model, datamodule.vocab.itos)
         log.info("resuming from %s", resume)

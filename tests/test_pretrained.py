@@ -99,6 +99,17 @@ def test_train_py_reports_how_many_words_were_found(corpus, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     log = (tmp_path / "run" / "train.log").read_text()
     assert f"{count} of {len(dm.vocab)} words found" in log
+    # Resuming and evaluating take the weights from the checkpoint: the vector file is no longer needed.
+    path.rename(tmp_path / "moved.txt")
+    resumed = run_script("train.py", *TINY, f"data.data_dir={corpus}", "trainer.max_epochs=2",
+                         "trainer.limit_train_batches=2", f"model.pretrained_vectors={path}",
+                         f"hydra.run.dir={tmp_path / 'run'}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    evaluated = run_script("evaluate.py", *TINY, f"data.data_dir={corpus}", f"model.pretrained_vectors={path}",
+                           f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+                           f"hydra.run.dir={tmp_path / 'eval'}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    path = tmp_path / "moved.txt"
     bad = run_script("train.py", *TINY, f"data.data_dir={corpus}", "model.emb_size=8", "model.hidden_size=8",
                      f"model.pretrained_vectors={path}", f"hydra.run.dir={tmp_path / 'bad'}")
     assert bad.returncode == 2 and "model.emb_size=16" in bad.stderr and "Traceback" not in bad.stderr
