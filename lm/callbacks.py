@@ -1,4 +1,4 @@
-"""Callbacks: training throughput, and saving ``last.ckpt`` when a run is told to stop."""
+"""Callbacks: training throughput and run time, and saving ``last.ckpt`` when a run is told to stop."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ class TrainThroughput(pl.Callback):
 
     Timed from the start of each training epoch to the first of (validation start, epoch end), with
     one device synchronisation there, so nothing is added to the step itself.
+
+    Also keeps the run's wall time across resumes (``wall_s``): a checkpoint holds the time spent up
+    to it, and a resumed process adds its own, so a run stopped and continued in several sessions
+    reports its whole cost (time after the last checkpoint of a stopped process is redone, so not counted).
     """
 
     def __init__(self):
@@ -29,6 +33,8 @@ class TrainThroughput(pl.Callback):
         self.seconds = 0.0
         self._epoch_tokens = 0
         self._t0: float | None = None
+        self.earlier_wall_s = 0.0  # from the checkpoint this process resumed
+        self._process_t0 = time.perf_counter()  # built with the trainer, at the start of the process
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_tokens = 0
@@ -57,12 +63,17 @@ class TrainThroughput(pl.Callback):
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
 
+    @property
+    def wall_s(self) -> float:
+        return self.earlier_wall_s + time.perf_counter() - self._process_t0
+
     def state_dict(self) -> dict:
-        return {"tokens": self.tokens, "seconds": self.seconds}
+        return {"tokens": self.tokens, "seconds": self.seconds, "wall_s": self.wall_s}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.tokens = state_dict["tokens"]
         self.seconds = state_dict["seconds"]
+        self.earlier_wall_s = state_dict.get("wall_s", 0.0)  # absent in checkpoints written before it
 
 
 class StopRequested(Exception):

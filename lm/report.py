@@ -29,6 +29,10 @@ class Run:
     val_curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, val/ppl)
 
     @property
+    def finished(self) -> bool:
+        return not self.metrics.get("unfinished", False)
+
+    @property
     def variant(self) -> str:
         return VARIANTS.get((self.metrics.get("model"), self.metrics.get("loss")), "?")
 
@@ -43,21 +47,44 @@ class Run:
 
 
 def find_runs(paths: list[str | Path]) -> list[Run]:
-    """Every run folder (one holding metrics.json) at or below the given paths."""
-    runs = []
+    """Every run folder at or below the given paths: finished runs (with metrics.json) and unfinished
+    ones (a Hydra config and at least one validation in csv/metrics.csv, no metrics.json yet)."""
+    folders = set()
     for root in map(Path, paths):
-        for metrics_file in sorted(root.rglob("metrics.json")) if root.is_dir() else []:
-            run = Run(metrics_file.parent, json.loads(metrics_file.read_text()))
-            run.val_curve = _val_curve(run.path / "csv" / "metrics.csv")
-            runs.append(run)
+        if root.is_dir():
+            folders.update(f.parent for f in root.rglob("metrics.json"))
+            folders.update(f.parent.parent for f in root.rglob(".hydra/config.yaml"))
+    runs = []
+    for folder in sorted(folders):
+        curve = _val_curve(folder / "csv" / "metrics.csv")
+        if (folder / "metrics.json").is_file():
+            runs.append(Run(folder, json.loads((folder / "metrics.json").read_text()), curve))
+        elif curve:
+            runs.append(Run(folder, _unfinished_metrics(folder, curve), curve))
     return runs
+
+
+def _unfinished_metrics(folder: Path, curve: list[tuple[int, float]]) -> dict:
+    """What a run still training (or stopped, to be resumed) has so far, from its Hydra config and log."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    choices = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra.runtime.choices
+    return {
+        "val/ppl": min(p for _, p in curve), "test/ppl": None, "epochs": len(curve), "params": None,
+        "model": choices.get("model"), "size": choices.get("size"), "loss": choices.get("loss"),
+        "alpha": cfg.loss.get("alpha"), "tau": cfg.loss.get("tau"), "wall_s": None,
+        "max_epochs": cfg.trainer.get("max_epochs"), "unfinished": True,
+    }
 
 
 def _val_curve(path: Path) -> list[tuple[int, float]]:
     if not path.is_file():
         return []
     with path.open() as f:
-        return [(int(r["epoch"]), float(r["val/ppl"])) for r in csv.DictReader(f) if r.get("val/ppl")]
+        # A resumed run appends to the same file; an epoch validated twice keeps its latest value.
+        by_epoch = {int(r["epoch"]): float(r["val/ppl"]) for r in csv.DictReader(f) if r.get("val/ppl")}
+    return sorted(by_epoch.items())
 
 
 def _fmt(x, digits=1) -> str:
@@ -74,10 +101,12 @@ def markdown_table(runs: list[Run]) -> str:
         m = r.metrics
         paper = PAPER_PTB.get((r.size, r.variant), (None, None))[1]
         diff = m["test/ppl"] - paper if paper is not None and m.get("test/ppl") is not None else None
+        epochs = m.get("epochs") if r.finished else f"{m.get('epochs')} of {m.get('max_epochs')} (unfinished)"
+        wall = m.get("wall_s")
         lines.append(
             f"| {r.variant} | {r.size} | {m.get('alpha') if r.variant in ('AL', 'REAL') else '-'} | "
-            f"{_fmt(m.get('params'), 0)} | {m.get('epochs')} | {_fmt(m.get('val/ppl'))} | {_fmt(m.get('test/ppl'))} | "
-            f"{_fmt(paper)} | {'-' if diff is None else f'{diff:+.1f}'} | {_fmt(m.get('wall_s', 0) / 3600, 2)} | "
+            f"{_fmt(m.get('params'), 0)} | {epochs} | {_fmt(m.get('val/ppl'))} | {_fmt(m.get('test/ppl'))} | "
+            f"{_fmt(paper)} | {'-' if diff is None else f'{diff:+.1f}'} | {_fmt(None if wall is None else wall / 3600, 2)} | "
             f"`{r.path}` |"
         )
     return "\n".join(lines) + "\n"
@@ -110,22 +139,38 @@ def plot_val_curves(runs: list[Run], out: Path) -> Path | None:
     return out
 
 
-def plot_alpha_sweep(runs: list[Run], out: Path) -> Path | None:
-    """val/test perplexity against alpha, one pair of lines per (size, variant) swept over 2+ alphas."""
-    plt = _pyplot()
+def alpha_points(runs: list[Run]) -> dict[tuple[str, str], list[tuple[float, Run]]]:
+    """(size, variant) -> [(alpha, run)] sorted by alpha, for variants finished at 2+ alphas.
+
+    A cross-entropy run of the same size and classifier (VD for AL, RE for REAL) that ran as many
+    epochs is the point alpha = 0: the augmented loss with alpha 0 is cross-entropy.
+    """
+    finished = [r for r in runs if r.finished and r.metrics.get("test/ppl") is not None]
     groups = defaultdict(list)
-    for r in runs:
+    for r in finished:
         if r.variant in ("AL", "REAL") and r.metrics.get("alpha") is not None:
-            groups[(r.size, r.variant)].append(r)
-    groups = {k: sorted(v, key=lambda r: r.metrics["alpha"]) for k, v in groups.items() if len(v) >= 2}
+            groups[(r.size, r.variant)].append((float(r.metrics["alpha"]), r))
+    groups = {k: v for k, v in groups.items() if len({a for a, _ in v}) >= 2}
+    with_ce = {"VD": "AL", "RE": "REAL"}
+    for r in finished:
+        key = (r.size, with_ce.get(r.variant))
+        if key in groups and {a.metrics["epochs"] for _, a in groups[key]} == {r.metrics["epochs"]}:
+            groups[key].append((0.0, r))
+    return {k: sorted(v, key=lambda point: point[0]) for k, v in groups.items()}
+
+
+def plot_alpha_sweep(runs: list[Run], out: Path) -> Path | None:
+    """val/test perplexity against alpha (see alpha_points)."""
+    groups = alpha_points(runs)
     if not groups:
         return None
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (size, variant), rs in groups.items():
-        alphas = [r.metrics["alpha"] for r in rs]
-        ax.plot(alphas, [r.metrics["val/ppl"] for r in rs], "o-", label=f"{size} {variant} val")
-        ax.plot(alphas, [r.metrics["test/ppl"] for r in rs], "s--", label=f"{size} {variant} test")
-    ax.set(xlabel="alpha", ylabel="perplexity", title="Perplexity against alpha")
+    for (size, variant), points in groups.items():
+        alphas = [a for a, _ in points]
+        ax.plot(alphas, [r.metrics["val/ppl"] for _, r in points], "o-", label=f"{size} {variant} val")
+        ax.plot(alphas, [r.metrics["test/ppl"] for _, r in points], "s--", label=f"{size} {variant} test")
+    ax.set(xlabel="alpha (0: cross-entropy)", ylabel="perplexity", title="Perplexity against alpha")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=120)

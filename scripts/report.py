@@ -1,4 +1,5 @@
 """The paper's table from any set of run or multirun folders, next to the paper's numbers, plus plots.
+Runs still training, or stopped to be resumed, appear with the epochs they have validated.
 
     python scripts/report.py logs/reproduce/small [logs/multiruns/...] --out reports/small
 writes <out>/table.md, <out>/val_curves.png and, for runs that differ in alpha, <out>/alpha.png
@@ -21,7 +22,8 @@ def main() -> None:
     args = parser.parse_args()
     runs = find_runs(args.paths)
     if not runs:
-        sys.exit(f"error: no metrics.json below {', '.join(args.paths)}; point at folders written by train.py.")
+        sys.exit(f"error: no run folders below {', '.join(args.paths)} (none has metrics.json, or a .hydra config "
+                 "and a validation in csv/metrics.csv); point at folders written by train.py.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(runs)

@@ -91,7 +91,8 @@ def main(cfg: DictConfig) -> float:
         "alpha": cfg.loss.get("alpha"),
         "tau": cfg.loss.get("tau"),
         "best_checkpoint": best,
-        "wall_s": round(time.time() - start, 1),
+        # Across resumes: the time recorded in the checkpoint, plus this process's.
+        "wall_s": round((throughput.earlier_wall_s if throughput else 0.0) + time.time() - start, 1),
         "overrides": list(HydraConfig.get().overrides.task),
     }
     if trainer.is_global_zero:

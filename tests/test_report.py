@@ -37,9 +37,55 @@ def test_report_table_compares_with_the_paper_and_plots(tmp_path):
     assert (tmp_path / "report" / "alpha.png").stat().st_size > 1000  # two REAL runs, alphas 0.1 and 0.5
 
 
+def _unfinished_run(folder, val_rows, max_epochs=40):
+    """A run folder as train.py leaves it while training (or stopped): config and log, no metrics.json."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text(f"loss:\n  alpha: 0.5\n  tau: 1.0\ntrainer:\n  max_epochs: {max_epochs}\n")
+    (folder / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  runtime:\n    choices:\n      model: tied\n      size: small\n      loss: augmented\n")
+    (folder / "csv").mkdir()
+    rows = ["epoch,step,train/loss,val/ppl"] + [f"{e},{10 * e + 9},,{p}" for e, p in val_rows]
+    (folder / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_report_lists_an_unfinished_run_with_the_epochs_it_ran(tmp_path):
+    runs = tmp_path / "runs"
+    # Stopped after epoch 1 and resumed: the log repeats epoch 1, the latest value counts.
+    _unfinished_run(runs / "real", [(0, 210.0), (1, 190.0), (1, 160.0), (2, 150.0)])
+    _unfinished_run(runs / "just_started", [])  # nothing validated yet: not a row
+    _fake_run(runs / "vd", "untied", "ce", 90.3)
+    result = run_script("report.py", str(runs), "--out", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "report" / "table.md").read_text().splitlines()
+    assert len(table) == 2 + 2
+    real = next(line for line in table if line.startswith("| REAL |"))
+    assert real.startswith("| REAL | small | 0.5 | - | 3 of 40 (unfinished) | 150.0 | - | 82.7 | - | - |")
+
+    from lm.report import find_runs
+
+    (run,) = [r for r in find_runs([runs]) if r.variant == "REAL"]
+    assert run.val_curve == [(0, 210.0), (1, 160.0), (2, 150.0)] and not run.finished
+
+
+def test_alpha_points_take_cross_entropy_of_the_same_length_as_alpha_zero(tmp_path):
+    from lm.report import alpha_points, find_runs
+
+    _fake_run(tmp_path / "real_0.5", "tied", "augmented", 84.0, alpha=0.5)
+    _fake_run(tmp_path / "real_0.1", "tied", "augmented", 86.0, alpha=0.1)
+    _fake_run(tmp_path / "re", "tied", "ce", 88.0)
+    _fake_run(tmp_path / "re_longer", "tied", "ce", 80.0, curve=(300.0, 200.0, 150.0))  # another schedule
+    _fake_run(tmp_path / "al", "untied", "augmented", 85.0, alpha=0.5)  # one alpha only: no line
+    _fake_run(tmp_path / "vd", "untied", "ce", 90.0)
+    _unfinished_run(tmp_path / "real_1.0", [(0, 300.0), (1, 200.0)], max_epochs=2)  # no test/ppl yet
+    points = alpha_points(find_runs([tmp_path]))
+    assert list(points) == [("small", "REAL")]
+    assert [(a, r.path.name) for a, r in points[("small", "REAL")]] == [(0.0, "re"), (0.1, "real_0.1"),
+                                                                        (0.5, "real_0.5")]
+
+
 def test_report_without_runs_says_where_it_looked(tmp_path):
     result = run_script("report.py", str(tmp_path))
-    assert result.returncode == 1 and f"no metrics.json below {tmp_path}" in result.stderr
+    assert result.returncode == 1 and f"no run folders below {tmp_path}" in result.stderr
 
 
 def test_reproduce_trains_each_variant_once_and_writes_the_table(corpus, tmp_path):

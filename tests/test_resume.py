@@ -150,6 +150,8 @@ def test_train_script_killed_with_sigterm_resumes_to_the_same_result(tmp_path):
     assert proc.returncode == 143, stderr[-3000:]
     assert "stopped by SIGTERM" in stderr and "resume=true" in stderr
     assert not (run_dir / "metrics.json").exists()
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    wall_before = saved["callbacks"]["TrainThroughput"]["wall_s"]
 
     resumed = run_script("train.py", *args, f"hydra.run.dir={run_dir}", "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -158,6 +160,7 @@ def test_train_script_killed_with_sigterm_resumes_to_the_same_result(tmp_path):
     assert b["epochs"] == a["epochs"] == 4
     assert b["val/ppl"] == pytest.approx(a["val/ppl"], rel=1e-4)
     assert b["test/ppl"] == pytest.approx(a["test/ppl"], rel=1e-4)
+    assert b["wall_s"] > wall_before > 0  # the stopped part of the run counts in its wall time
 
 
 def test_resume_with_a_fixed_target_restores_the_copy(tmp_path):
@@ -214,3 +217,14 @@ def test_variable_bptt_resumes_mid_epoch_in_the_same_windows(corpus, tmp_path):
     assert val_resumed[-1] == pytest.approx(val_straight[-1], rel=1e-4)
     for name, value in _params(task_resumed).items():
         torch.testing.assert_close(value, _params(task)[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_wall_time_carries_over_from_the_checkpoint():
+    from lm.callbacks import TrainThroughput
+
+    clock = TrainThroughput()
+    clock.load_state_dict({"tokens": 700, "seconds": 0.5, "wall_s": 1000.0})
+    assert 1000.0 < clock.state_dict()["wall_s"] < 1060.0
+    older = TrainThroughput()
+    older.load_state_dict({"tokens": 700, "seconds": 0.5})  # a checkpoint written before wall_s was kept
+    assert 0.0 < older.wall_s < 60.0
