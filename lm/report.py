@@ -139,24 +139,96 @@ def plot_val_curves(runs: list[Run], out: Path) -> Path | None:
     return out
 
 
-def alpha_points(runs: list[Run]) -> dict[tuple[str, str], list[tuple[float, Run]]]:
-    """(size, variant) -> [(alpha, run)] sorted by alpha, for variants finished at 2+ alphas.
+MARKERS = "ox+*#@%&"
 
-    A cross-entropy run of the same size and classifier (VD for AL, RE for REAL) that ran as many
-    epochs is the point alpha = 0: the augmented loss with alpha 0 is cross-entropy.
+
+def text_chart(series: dict[str, list[tuple[float, float]]], *, x_label: str, y_label: str, width: int = 60,
+               height: int = 16, y_top: float | None = None) -> str:
+    """A character plot of (x, y) points, one marker per series, for places that show only text (the
+    README, a terminal); the PNGs carry the same data. Points above y_top are left out, so that the rows
+    go to the range where the series differ (the end of training) rather than the first epochs."""
+    if len(series) > len(MARKERS):
+        return f"({len(series)} series: too many for a text chart, which has {len(MARKERS)} markers; see the PNG)\n"
+    points = [(x, y) for pts in series.values() for x, y in pts if y_top is None or y <= y_top]
+    if not points:
+        return ""
+    x_lo, x_hi = min(x for x, _ in points), max(x for x, _ in points)
+    y_lo, y_hi = min(y for _, y in points), max(y for _, y in points)
+    grid = [[" "] * width for _ in range(height)]
+    for marker, pts in zip(MARKERS, series.values()):
+        for x, y in pts:
+            if y_top is None or y <= y_top:
+                col = round((x - x_lo) / (x_hi - x_lo) * (width - 1)) if x_hi > x_lo else 0
+                row = round((y_hi - y) / (y_hi - y_lo) * (height - 1)) if y_hi > y_lo else height - 1
+                grid[row][col] = marker
+    tick = {0: y_hi, (height - 1) // 2: (y_hi + y_lo) / 2, height - 1: y_lo}
+    lines = [y_label] + [f"{_fmt(tick[i]) if i in tick else '':>8} |{''.join(row)}" for i, row in enumerate(grid)]
+    lines.append(" " * 9 + "+" + "-" * width)
+    x_lo_s, x_hi_s = f"{x_lo:g}", f"{x_hi:g}"
+    lines.append(" " * 10 + x_lo_s + " " * max(1, width - len(x_lo_s) - len(x_hi_s)) + x_hi_s + f"  {x_label}")
+    lines += [f"  {marker} {name}" for marker, name in zip(MARKERS, series)]
+    return "\n".join(lines) + "\n"
+
+
+def val_curves_text(runs: list[Run]) -> str:
+    """Validation perplexity per epoch as a text chart, cut at 1.5x the best value."""
+    curves = {f"{r.label} ({r.path.name})": [(e + 1, p) for e, p in r.val_curve] for r in runs if r.val_curve}
+    if not curves:
+        return ""
+    best = min(p for pts in curves.values() for _, p in pts)
+    return text_chart(curves, x_label="epoch", y_label=f"validation perplexity (values above {_fmt(1.5 * best)} "
+                      "left out)", y_top=1.5 * best)
+
+
+# Overrides that do not change what a run trains (resume) or that (size, variant) already says.
+_NOT_SETTINGS = ("resume", "experiment", "model", "loss", "size")
+
+
+def _settings(run: Run, ignore: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The run's command-line overrides that change what it trains, less keys starting with `ignore`."""
+    kept = []
+    for override in run.metrics.get("overrides") or []:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key not in _NOT_SETTINGS and not key.startswith(("hydra.", *ignore)):
+            kept.append(override.lower())  # Hydra writes resume=True or resume=true
+    return tuple(sorted(kept))
+
+
+def alpha_points(runs: list[Run]) -> dict[str, list[tuple[float, Run]]]:
+    """label -> [(alpha, run)] sorted by alpha, for AL or REAL runs finished at 2+ alphas that differ in
+    nothing else (same size, variant and other overrides).
+
+    A cross-entropy run of the same size and classifier (VD for AL, RE for REAL), with the same
+    overrides apart from the loss and alpha schedule, that ran as many epochs is the point alpha = 0:
+    the augmented loss with alpha 0 is cross-entropy.
     """
     finished = [r for r in runs if r.finished and r.metrics.get("test/ppl") is not None]
     groups = defaultdict(list)
     for r in finished:
         if r.variant in ("AL", "REAL") and r.metrics.get("alpha") is not None:
-            groups[(r.size, r.variant)].append((float(r.metrics["alpha"]), r))
+            groups[(r.size, r.variant, _settings(r, ("loss.alpha",)))].append((float(r.metrics["alpha"]), r))
     groups = {k: v for k, v in groups.items() if len({a for a, _ in v}) >= 2}
     with_ce = {"VD": "AL", "RE": "REAL"}
-    for r in finished:
-        key = (r.size, with_ce.get(r.variant))
-        if key in groups and {a.metrics["epochs"] for _, a in groups[key]} == {r.metrics["epochs"]}:
-            groups[key].append((0.0, r))
-    return {k: sorted(v, key=lambda point: point[0]) for k, v in groups.items()}
+    for (size, variant, _), points in groups.items():
+        alpha_free = _settings(points[0][1], ("loss.", "alpha_schedule.", "tau_schedule."))
+        for r in finished:
+            if ((r.size, with_ce.get(r.variant)) == (size, variant) and _settings(r) == alpha_free
+                    and {a.metrics["epochs"] for _, a in points} == {r.metrics["epochs"]}):
+                points.append((0.0, r))
+    labels = defaultdict(int)
+    for size, variant, _ in groups:
+        labels[(size, variant)] += 1
+    return {(f"{size} {variant}" + (f" [{' '.join(settings)}]" if labels[(size, variant)] > 1 else "")):
+            sorted(points, key=lambda point: point[0]) for (size, variant, settings), points in groups.items()}
+
+
+def alpha_sweep_text(runs: list[Run]) -> str:
+    """val/test perplexity against alpha (see alpha_points) as a text chart."""
+    series = {}
+    for label, points in alpha_points(runs).items():
+        for split in ("val", "test"):
+            series[f"{label} {split}/ppl"] = [(a, r.metrics[f"{split}/ppl"]) for a, r in points]
+    return text_chart(series, x_label="alpha (0: cross-entropy)", y_label="perplexity") if series else ""
 
 
 def plot_alpha_sweep(runs: list[Run], out: Path) -> Path | None:
@@ -166,10 +238,10 @@ def plot_alpha_sweep(runs: list[Run], out: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (size, variant), points in groups.items():
+    for label, points in groups.items():
         alphas = [a for a, _ in points]
-        ax.plot(alphas, [r.metrics["val/ppl"] for _, r in points], "o-", label=f"{size} {variant} val")
-        ax.plot(alphas, [r.metrics["test/ppl"] for _, r in points], "s--", label=f"{size} {variant} test")
+        ax.plot(alphas, [r.metrics["val/ppl"] for _, r in points], "o-", label=f"{label} val")
+        ax.plot(alphas, [r.metrics["test/ppl"] for _, r in points], "s--", label=f"{label} test")
     ax.set(xlabel="alpha (0: cross-entropy)", ylabel="perplexity", title="Perplexity against alpha")
     ax.legend()
     fig.tight_layout()

@@ -3,7 +3,8 @@ Runs still training, or stopped to be resumed, appear with the epochs they have 
 
     python scripts/report.py logs/reproduce/small [logs/multiruns/...] --out reports/small
 writes <out>/table.md, <out>/val_curves.png and, for runs that differ in alpha, <out>/alpha.png
-(the plots need matplotlib: pip install -e ".[report]").
+(the PNGs need matplotlib: pip install -e ".[report]"), and the same two plots as text charts
+(val_curves.txt, alpha.txt) for places that show only text, such as the README.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lm.report import find_runs, markdown_table, plot_alpha_sweep, plot_val_curves
+from lm.report import alpha_sweep_text, find_runs, markdown_table, plot_alpha_sweep, plot_val_curves, val_curves_text
 
 
 def main() -> None:
@@ -29,6 +30,10 @@ def main() -> None:
     table = markdown_table(runs)
     (out / "table.md").write_text(table)
     print(table)
+    for name, chart in (("val_curves.txt", val_curves_text(runs)), ("alpha.txt", alpha_sweep_text(runs))):
+        if chart:
+            (out / name).write_text(chart)
+            print(chart)
     try:
         written = [plot_val_curves(runs, out / "val_curves.png"), plot_alpha_sweep(runs, out / "alpha.png")]
     except ImportError:

@@ -7,10 +7,10 @@ import pytest
 from conftest import TINY, run_script
 
 
-def _fake_run(folder, model, loss, test_ppl, alpha=None, curve=(300.0, 200.0)):
+def _fake_run(folder, model, loss, test_ppl, alpha=None, curve=(300.0, 200.0), overrides=()):
     folder.mkdir(parents=True)
     metrics = {"val/ppl": min(curve), "test/ppl": test_ppl, "epochs": len(curve), "params": 1234, "model": model,
-               "size": "small", "loss": loss, "alpha": alpha, "wall_s": 7200.0}
+               "size": "small", "loss": loss, "alpha": alpha, "wall_s": 7200.0, "overrides": list(overrides)}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "csv").mkdir()
     rows = ["epoch,step,train/loss,val/ppl"] + [f"{e},{10 * e + 9},,{p}" for e, p in enumerate(curve)]
@@ -32,6 +32,8 @@ def test_report_table_compares_with_the_paper_and_plots(tmp_path):
     assert "| 90.3 | 87.3 | +3.0 | 2.00 |" in vd  # the paper's small VD-LSTM: 87.3 test
     assert "| 80.7 | 82.7 | -2.0 |" in real
     assert table.index(vd) < table.index(real)  # the paper's column order: VD, AL, RE, REAL
+    assert "  o small REAL alpha=0.5 (real)" in (tmp_path / "report" / "val_curves.txt").read_text()
+    assert "small REAL test/ppl" in (tmp_path / "report" / "alpha.txt").read_text()
     pytest.importorskip("matplotlib")
     assert (tmp_path / "report" / "val_curves.png").stat().st_size > 1000
     assert (tmp_path / "report" / "alpha.png").stat().st_size > 1000  # two REAL runs, alphas 0.1 and 0.5
@@ -67,20 +69,39 @@ def test_report_lists_an_unfinished_run_with_the_epochs_it_ran(tmp_path):
     assert run.val_curve == [(0, 210.0), (1, 160.0), (2, 150.0)] and not run.finished
 
 
-def test_alpha_points_take_cross_entropy_of_the_same_length_as_alpha_zero(tmp_path):
+def test_alpha_points_take_runs_that_differ_only_in_alpha_and_cross_entropy_as_alpha_zero(tmp_path):
     from lm.report import alpha_points, find_runs
 
-    _fake_run(tmp_path / "real_0.5", "tied", "augmented", 84.0, alpha=0.5)
-    _fake_run(tmp_path / "real_0.1", "tied", "augmented", 86.0, alpha=0.1)
-    _fake_run(tmp_path / "re", "tied", "ce", 88.0)
-    _fake_run(tmp_path / "re_longer", "tied", "ce", 80.0, curve=(300.0, 200.0, 150.0))  # another schedule
+    short = ("experiment=small_real", "trainer.max_epochs=2", "alpha_schedule.length=1")
+    _fake_run(tmp_path / "real_0.5", "tied", "augmented", 84.0, alpha=0.5, overrides=(*short, "loss.alpha=0.5"))
+    _fake_run(tmp_path / "real_0.1", "tied", "augmented", 86.0, alpha=0.1,
+              overrides=(*short, "loss.alpha=0.1", "resume=True", "hydra.run.dir=x"))  # neither changes training
+    _fake_run(tmp_path / "real_0.5_dropout", "tied", "augmented", 95.0, alpha=0.5,  # another setting: not a point
+              overrides=(*short, "model.dropout_out=0.4"))
+    _fake_run(tmp_path / "re", "tied", "ce", 88.0, overrides=("experiment=small_re", "trainer.max_epochs=2"))
+    _fake_run(tmp_path / "re_longer", "tied", "ce", 80.0, curve=(300.0, 200.0, 150.0),  # another schedule
+              overrides=("experiment=small_re", "trainer.max_epochs=3"))
+    _fake_run(tmp_path / "re_no_overrides", "tied", "ce", 80.0)  # the defaults: another schedule
     _fake_run(tmp_path / "al", "untied", "augmented", 85.0, alpha=0.5)  # one alpha only: no line
     _fake_run(tmp_path / "vd", "untied", "ce", 90.0)
     _unfinished_run(tmp_path / "real_1.0", [(0, 300.0), (1, 200.0)], max_epochs=2)  # no test/ppl yet
     points = alpha_points(find_runs([tmp_path]))
-    assert list(points) == [("small", "REAL")]
-    assert [(a, r.path.name) for a, r in points[("small", "REAL")]] == [(0.0, "re"), (0.1, "real_0.1"),
-                                                                        (0.5, "real_0.5")]
+    assert list(points) == ["small REAL"]
+    assert [(a, r.path.name) for a, r in points["small REAL"]] == [(0.0, "re"), (0.1, "real_0.1"), (0.5, "real_0.5")]
+
+
+def test_text_chart_puts_each_point_where_its_values_say():
+    from lm.report import text_chart
+
+    series = {"a": [(1, 100.0), (3, 200.0)], "b": [(2, 150.0), (5, 500.0)]}  # 500 is above y_top
+    chart = text_chart(series, x_label="epoch", y_label="ppl", width=5, height=3, y_top=300.0).splitlines()
+    assert chart[0] == "ppl"
+    grid = [line.split("|", 1)[1] for line in chart[1:4]]
+    # x 1..3 over 5 columns (1 -> 0, 2 -> 2, 3 -> 4); y 100..200 over 3 rows, top row 200
+    assert grid == ["    o", "  x  ", "o    "]
+    assert chart[1].startswith("   200.0 ") and chart[3].startswith("   100.0 ")
+    assert chart[-2:] == ["  o a", "  x b"]
+    assert "too many" in text_chart({str(i): [(0, 1.0)] for i in range(9)}, x_label="x", y_label="y")
 
 
 def test_report_without_runs_says_where_it_looked(tmp_path):
