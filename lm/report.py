@@ -69,7 +69,8 @@ def _unfinished_metrics(folder: Path, curve: list[tuple[int, float]]) -> dict:
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
-    choices = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra.runtime.choices
+    hydra_yaml = folder / ".hydra" / "hydra.yaml"  # Hydra writes it beside config.yaml; without it, variant "?"
+    choices = OmegaConf.load(hydra_yaml).hydra.runtime.choices if hydra_yaml.is_file() else {}
     return {
         "val/ppl": min(p for _, p in curve), "test/ppl": None, "epochs": len(curve), "params": None,
         "model": choices.get("model"), "size": choices.get("size"), "loss": choices.get("loss"),

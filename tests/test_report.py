@@ -55,11 +55,13 @@ def test_report_lists_an_unfinished_run_with_the_epochs_it_ran(tmp_path):
     # Stopped after epoch 1 and resumed: the log repeats epoch 1, the latest value counts.
     _unfinished_run(runs / "real", [(0, 210.0), (1, 190.0), (1, 160.0), (2, 150.0)])
     _unfinished_run(runs / "just_started", [])  # nothing validated yet: not a row
+    _unfinished_run(runs / "damaged", [(0, 300.0)])
+    (runs / "damaged" / ".hydra" / "hydra.yaml").unlink()  # a row with variant "?", not a traceback
     _fake_run(runs / "vd", "untied", "ce", 90.3)
     result = run_script("report.py", str(runs), "--out", str(tmp_path / "report"))
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "report" / "table.md").read_text().splitlines()
-    assert len(table) == 2 + 2
+    assert len(table) == 2 + 3 and any(line.startswith("| ? | ? |") for line in table)
     real = next(line for line in table if line.startswith("| REAL |"))
     assert real.startswith("| REAL | small | 0.5 | - | 3 of 40 (unfinished) | 150.0 | - | 82.7 | - | - |")
 
