@@ -78,6 +78,14 @@ def test_command_line_values_win_over_size(tmp_path):
     assert cfg.model.dropout_hidden == 0.5  # the rest of size=medium still applies
 
 
+def test_small_augmented_presets_set_their_swept_alpha_and_the_command_line_wins(tmp_path):
+    default_alpha = compose_cfg(["loss=augmented"], tmp_path).loss.alpha
+    for name in ("small_al", "small_real"):
+        preset = compose_cfg([f"experiment={name}"], tmp_path)
+        assert preset.loss.alpha != default_alpha and preset.alpha_schedule.end == preset.loss.alpha
+        assert compose_cfg([f"experiment={name}", "loss.alpha=0.7"], tmp_path).alpha_schedule.end == 0.7
+
+
 @pytest.mark.parametrize("trainer,accelerator,precision,strategy", [
     ("cpu", "cpu", "32-true", None), ("gpu", "gpu", "bf16-mixed", None), ("ddp", "auto", "32-true", "ddp"),
 ])

@@ -119,6 +119,6 @@ def test_reproduce_trains_each_variant_once_and_writes_the_table(corpus, tmp_pat
     for variant in ("vd", "real"):
         assert (tmp_path / "repro" / "small" / variant / "metrics.json").is_file()
     table = (tmp_path / "repro" / "small" / "report" / "table.md").read_text()
-    assert "| VD | small |" in table and "| REAL | small | 0.5 |" in table
+    assert "| VD | small |" in table and "| REAL | small | 0.1 |" in table
     again = run_script("reproduce.py", *args)
     assert again.returncode == 0 and again.stdout.count("finished earlier") == 2
