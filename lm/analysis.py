@@ -47,6 +47,31 @@ def load_model(ckpt_path: str | Path) -> tuple[LSTMLanguageModel, list[str]]:
     return model.eval(), vocab
 
 
+
+@torch.no_grad()
+def target_spread(embedding: torch.Tensor, counts: torch.Tensor, tau: float, k: int = 10) -> dict[str, float]:
+    """Where y~ = softmax(L L[w] / tau) puts its mass, averaged over words w weighted by ``counts`` (V,):
+    on w itself, on the k other words nearest to w, and its entropy in nats.
+
+    Tells what the augmented term does at this tau: mostly mass on w repeats cross-entropy, mass on
+    near words credits them (the paper's aim), mass spread thin over the vocabulary is label smoothing.
+    """
+    emb = embedding.detach().float()
+    words = counts.nonzero().squeeze(1)
+    weights = counts[words].double() / counts[words].sum()
+    self_mass = near_mass = entropy = 0.0
+    for start in range(0, len(words), 1024):  # (1024, V) blocks: a (V, V) matrix can be gigabytes
+        ids, w = words[start:start + 1024], weights[start:start + 1024]
+        log_p = torch.log_softmax(emb[ids] @ emb.t() / tau, dim=1)
+        p = log_p.exp()
+        self_p = p[torch.arange(len(ids)), ids]
+        others = p.scatter(1, ids[:, None], 0.0).topk(min(k, p.size(1) - 1), dim=1).values.sum(1)
+        self_mass += float((self_p.double() * w).sum())
+        near_mass += float((others.double() * w).sum())
+        entropy += float((-(p * log_p).sum(1).double() * w).sum())
+    return {"self": self_mass, "near": near_mass, "entropy": entropy}
+
+
 @torch.no_grad()
 def predict_next(model: LSTMLanguageModel, vocab: list[str], text: str, k: int = 10) -> list[tuple[str, float]]:
     """The k most probable next words after ``text`` (words outside the vocabulary read as <unk>)."""

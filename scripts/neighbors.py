@@ -1,28 +1,75 @@
 """The words the augmented loss credits for WORD: the top of its target y~ = softmax(L L[WORD] / tau).
 
     python scripts/neighbors.py money --ckpt logs/runs/<run>/checkpoints/best.ckpt [--k 10] [--tau 1.0]
+
+With --spread TEXT instead of a word: where y~ puts its mass at several temperatures, averaged over the
+words of a text (on the word itself, on its k nearest other words, entropy), to choose loss.tau:
+
+    python scripts/neighbors.py --spread ../shared/data/ptb/ptb.valid.txt --ckpt ... --taus 1,2,5,10
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 
-from lm.analysis import load_model, target_neighbors
-from lm.errors import UserError
+import torch
+
+from lm.analysis import load_model, target_neighbors, target_spread
+from lm.data import read_lines
+from lm.errors import DataError, UserError
+
+
+def word_counts(path: Path, vocab: list[str]) -> torch.Tensor:
+    """How often each vocabulary word occurs in a text (words outside the vocabulary count as <unk>)."""
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; --spread needs a text file such as ptb.valid.txt.")
+    index = {w: i for i, w in enumerate(vocab)}
+    unk = index.get("<unk>")
+    counts = torch.zeros(len(vocab), dtype=torch.long)
+    for line in read_lines(path):
+        for word in line:
+            if (i := index.get(word, unk)) is not None:
+                counts[i] += 1
+    if counts.sum() == 0:
+        raise DataError(f"{path} has no words of the checkpoint's vocabulary.")
+    return counts
+
+
+def temperatures(text: str) -> list[float]:
+    try:
+        taus = [float(t) for t in text.split(",")]
+    except ValueError:
+        taus = []
+    if not taus or min(taus) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give temperatures > 0, comma-separated, such as 1,2,5")
+    return taus
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("word")
+    parser.add_argument("word", nargs="?")
     parser.add_argument("--ckpt", required=True, help="a .ckpt file written by train.py")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--tau", type=float, default=1.0, help="the temperature of the target (loss.tau)")
+    parser.add_argument("--spread", type=Path, metavar="TEXT", help="summarise y~ over the words of this text")
+    parser.add_argument("--taus", type=temperatures, default="1,2,5,10", help="temperatures for --spread, comma-separated")
     args = parser.parse_args()
+    if (args.word is None) == (args.spread is None):
+        parser.error("give a WORD or --spread TEXT (one of the two)")
     try:
         model, vocab = load_model(args.ckpt)
-        for word, prob in target_neighbors(model.embedding.weight, vocab, args.word, args.k, args.tau):
-            print(f"{prob:8.4f}  {word}")
+        if args.word is not None:
+            for word, prob in target_neighbors(model.embedding.weight, vocab, args.word, args.k, args.tau):
+                print(f"{prob:8.4f}  {word}")
+            return
+        counts = word_counts(args.spread, vocab)
+        print(f"tau | on the word | on its {args.k} nearest others | entropy (nats; uniform {math.log(len(vocab)):.2f})")
+        for tau in args.taus:
+            spread = target_spread(model.embedding.weight, counts, tau, args.k)
+            print(f"{tau:g} | {spread['self']:.3f} | {spread['near']:.3f} | {spread['entropy']:.2f}")
     except UserError as err:
         sys.exit(f"error: {err}")
 

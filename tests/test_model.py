@@ -101,3 +101,28 @@ def test_subspace_distance_closed_forms():
     e = torch.eye(50)
     assert subspace_distance(e[:, :4], e[:, 4:8]) == pytest.approx(1.0)  # orthogonal spans
     assert subspace_distance(e[:, :4], e[:, 2:6]) == pytest.approx(0.5)  # half the directions shared
+
+
+def test_target_spread_closed_form_and_blocks():
+    import math
+
+    from lm.analysis import target_spread
+
+    # L = c * I (V = 3): y~ for any word is e^(c^2/tau) on itself and 1 on each other word, over e^(c^2/tau) + 2.
+    c, tau = 2.0, 2.0
+    z = math.exp(c * c / tau) + 2
+    spread = target_spread(c * torch.eye(3), torch.tensor([5, 0, 1]), tau, k=1)
+    assert spread["self"] == pytest.approx(math.exp(c * c / tau) / z)
+    assert spread["near"] == pytest.approx(1 / z)
+    assert spread["entropy"] == pytest.approx(-(math.exp(c * c / tau) / z) * math.log(math.exp(c * c / tau) / z)
+                                              - 2 / z * math.log(1 / z))
+    # More words than one block, with unequal counts: the same as the dense token-weighted average.
+    g = torch.Generator().manual_seed(0)
+    emb, counts = torch.randn(1500, 8, generator=g), torch.randint(0, 5, (1500,), generator=g)
+    p = torch.softmax(emb @ emb.t() / 0.7, dim=1)
+    weights = counts.double() / counts.sum()
+    dense_self = (p.diagonal().double() * weights).sum()
+    dense_near = ((p - torch.diag(p.diagonal())).topk(10, dim=1).values.sum(1).double() * weights).sum()
+    spread = target_spread(emb, counts, 0.7)
+    assert spread["self"] == pytest.approx(float(dense_self), rel=1e-5)
+    assert spread["near"] == pytest.approx(float(dense_near), rel=1e-5)

@@ -108,3 +108,14 @@ def test_predict_and_neighbors_read_a_trained_checkpoint(corpus, tmp_path):
 
     missing = run_script("neighbors.py", "zebra", "--ckpt", ckpt)
     assert missing.returncode == 1 and "error: 'zebra' is not in the checkpoint's vocabulary" in missing.stderr
+
+    spread = run_script("neighbors.py", "--spread", str(corpus / "valid.txt"), "--ckpt", ckpt, "--taus", "1,100")
+    assert spread.returncode == 0, spread.stderr[-3000:]
+    rows = [line.split(" | ") for line in spread.stdout.strip().splitlines()[1:]]
+    assert [r[0] for r in rows] == ["1", "100"]
+    assert float(rows[0][1]) > float(rows[1][1]) and float(rows[0][3]) < float(rows[1][3])  # hotter: flatter
+    for args, message in ((["--spread", str(corpus / "nope.txt")], "does not exist"),
+                          (["--spread", str(corpus / "valid.txt"), "--taus", "1,x"], "give temperatures > 0"),
+                          ([], "give a WORD or --spread TEXT")):
+        bad = run_script("neighbors.py", *args, "--ckpt", ckpt)
+        assert bad.returncode != 0 and message in bad.stderr, bad.stderr[-2000:]
