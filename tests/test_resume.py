@@ -161,6 +161,13 @@ def test_train_script_killed_with_sigterm_resumes_to_the_same_result(tmp_path):
     assert b["val/ppl"] == pytest.approx(a["val/ppl"], rel=1e-4)
     assert b["test/ppl"] == pytest.approx(a["test/ppl"], rel=1e-4)
     assert b["wall_s"] > wall_before > 0  # the stopped part of the run counts in its wall time
+    from lm.report import _val_curve
+
+    # The log keeps the epochs validated before the stop: the same curve as the unbroken run's.
+    curve_straight = _val_curve(tmp_path / "straight" / "csv" / "metrics.csv")
+    curve_resumed = _val_curve(run_dir / "csv" / "metrics.csv")
+    assert [e for e, _ in curve_resumed] == [e for e, _ in curve_straight] == [0, 1, 2, 3]
+    assert [p for _, p in curve_resumed] == pytest.approx([p for _, p in curve_straight], rel=1e-4)
 
 
 def test_resume_with_a_fixed_target_restores_the_copy(tmp_path):
