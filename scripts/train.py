@@ -76,15 +76,18 @@ def main(cfg: DictConfig) -> float:
     best = checkpoint.best_model_path if checkpoint is not None else ""
     # Without a checkpoint (fast_dev_run), the last validation stands in for the best one.
     val_ppl = checkpoint.best_model_score if best else trainer.callback_metrics.get("val/ppl")
-    test = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     throughput = next((c for c in trainer.callbacks if isinstance(c, TrainThroughput)), None)
+    # Read before testing: trainer.test(ckpt_path=best) loads the callbacks' state from best.ckpt too.
+    tokens_per_s = throughput.tokens_per_s if throughput else math.nan
+    earlier_wall_s = throughput.earlier_wall_s if throughput else 0.0
+    test = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
 
     metrics = {
         "val/ppl": _float(val_ppl),
         "test/ppl": _float(test[0].get("test/ppl") if test else None),
         "epochs": trainer.current_epoch,
         "params": task.model.num_parameters(),
-        "train_tokens_per_s": throughput.tokens_per_s if throughput else math.nan,
+        "train_tokens_per_s": tokens_per_s,
         "model": HydraConfig.get().runtime.choices.get("model"),
         "size": HydraConfig.get().runtime.choices.get("size"),
         "loss": HydraConfig.get().runtime.choices.get("loss"),
@@ -92,7 +95,7 @@ def main(cfg: DictConfig) -> float:
         "tau": cfg.loss.get("tau"),
         "best_checkpoint": best,
         # Across resumes: the time recorded in the checkpoint, plus this process's.
-        "wall_s": round((throughput.earlier_wall_s if throughput else 0.0) + time.time() - start, 1),
+        "wall_s": round(earlier_wall_s + time.time() - start, 1),
         "overrides": list(HydraConfig.get().overrides.task),
     }
     if trainer.is_global_zero:

@@ -135,7 +135,9 @@ def test_train_script_killed_with_sigterm_resumes_to_the_same_result(tmp_path):
 
     corpus = write_corpus(tmp_path / "corpus")
     args = [*TINY, f"data.data_dir={corpus}", *RUN, "trainer.max_epochs=4"]
+    t0 = time.time()
     straight = run_script("train.py", *args, f"hydra.run.dir={tmp_path / 'straight'}")
+    straight_s = time.time() - t0
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     run_dir = tmp_path / "stopped"
@@ -153,7 +155,9 @@ def test_train_script_killed_with_sigterm_resumes_to_the_same_result(tmp_path):
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     wall_before = saved["callbacks"]["TrainThroughput"]["wall_s"]
 
+    t0 = time.time()
     resumed = run_script("train.py", *args, f"hydra.run.dir={run_dir}", "resume=true")
+    resumed_s = time.time() - t0
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     b = json.loads((run_dir / "metrics.json").read_text())
@@ -161,6 +165,11 @@ def test_train_script_killed_with_sigterm_resumes_to_the_same_result(tmp_path):
     assert b["val/ppl"] == pytest.approx(a["val/ppl"], rel=1e-4)
     assert b["test/ppl"] == pytest.approx(a["test/ppl"], rel=1e-4)
     assert b["wall_s"] > wall_before > 0  # the stopped part of the run counts in its wall time
+    # ... once: testing best.ckpt must not add the time recorded in it again
+    ckpts = {name: torch.load(tmp_path / "straight" / "checkpoints" / f"{name}.ckpt", map_location="cpu",
+                              weights_only=False)["callbacks"]["TrainThroughput"]["wall_s"] for name in ("best", "last")}
+    assert ckpts["last"] <= a["wall_s"] < ckpts["last"] + 0.5 * ckpts["best"]
+    assert a["wall_s"] <= straight_s and b["wall_s"] <= wall_before + resumed_s
     from lm.report import _val_curve
 
     # The log keeps the epochs validated before the stop: the same curve as the unbroken run's.
