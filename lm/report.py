@@ -140,7 +140,7 @@ def plot_val_curves(runs: list[Run], out: Path) -> Path | None:
     return out
 
 
-MARKERS = "ox+*#@%&"
+MARKERS = "ox+*#@%&"  # "=" marks a cell shared by several series
 
 
 def text_chart(series: dict[str, list[tuple[float, float]]], *, x_label: str, y_label: str, width: int = 60,
@@ -161,13 +161,15 @@ def text_chart(series: dict[str, list[tuple[float, float]]], *, x_label: str, y_
             if y_top is None or y <= y_top:
                 col = round((x - x_lo) / (x_hi - x_lo) * (width - 1)) if x_hi > x_lo else 0
                 row = round((y_hi - y) / (y_hi - y_lo) * (height - 1)) if y_hi > y_lo else height - 1
-                grid[row][col] = marker
+                grid[row][col] = marker if grid[row][col] in (" ", marker) else "="
     tick = {0: y_hi, (height - 1) // 2: (y_hi + y_lo) / 2, height - 1: y_lo}
     lines = [y_label] + [f"{_fmt(tick[i]) if i in tick else '':>8} |{''.join(row)}" for i, row in enumerate(grid)]
     lines.append(" " * 9 + "+" + "-" * width)
     x_lo_s, x_hi_s = f"{x_lo:g}", f"{x_hi:g}"
     lines.append(" " * 10 + x_lo_s + " " * max(1, width - len(x_lo_s) - len(x_hi_s)) + x_hi_s + f"  {x_label}")
     lines += [f"  {marker} {name}" for marker, name in zip(MARKERS, series)]
+    if any("=" in row for row in grid):
+        lines.append("  = two or more series in one place")
     return "\n".join(lines) + "\n"
 
 
@@ -177,7 +179,7 @@ def val_curves_text(runs: list[Run]) -> str:
     if not curves:
         return ""
     best = min(p for pts in curves.values() for _, p in pts)
-    return text_chart(curves, x_label="epoch", y_label=f"validation perplexity (values above {_fmt(1.5 * best)} "
+    return text_chart(curves, x_label="epoch", height=20, y_label=f"validation perplexity (values above {_fmt(1.5 * best)} "
                       "left out)", y_top=1.5 * best)
 
 

@@ -103,6 +103,8 @@ def test_text_chart_puts_each_point_where_its_values_say():
     assert grid == ["    o", "  x  ", "o    "]
     assert chart[1].startswith("   200.0 ") and chart[3].startswith("   100.0 ")
     assert chart[-2:] == ["  o a", "  x b"]
+    shared = text_chart({"a": [(0, 1.0), (1, 2.0)], "b": [(0, 1.0)]}, x_label="x", y_label="y", width=3, height=2)
+    assert shared.splitlines()[2].endswith("|=  ") and shared.splitlines()[-1] == "  = two or more series in one place"
     assert "too many" in text_chart({str(i): [(0, 1.0)] for i in range(9)}, x_label="x", y_label="y")
 
 
