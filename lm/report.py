@@ -179,8 +179,8 @@ def val_curves_text(runs: list[Run]) -> str:
     if not curves:
         return ""
     best = min(p for pts in curves.values() for _, p in pts)
-    return text_chart(curves, x_label="epoch", height=20, y_label=f"validation perplexity (values above {_fmt(1.5 * best)} "
-                      "left out)", y_top=1.5 * best)
+    y_label = f"validation perplexity (values above {_fmt(1.5 * best)} left out)"
+    return text_chart(curves, x_label="epoch", y_label=y_label, height=20, y_top=1.5 * best)
 
 
 # Overrides that do not change what a run trains (resume) or that (size, variant) already says.

@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--tau", type=float, default=1.0, help="the temperature of the target (loss.tau)")
     parser.add_argument("--spread", type=Path, metavar="TEXT", help="summarise y~ over the words of this text")
-    parser.add_argument("--taus", type=temperatures, default="1,2,5,10", help="temperatures for --spread, comma-separated")
+    parser.add_argument("--taus", type=temperatures, default="1,2,5,10",
+                        help="temperatures for --spread, comma-separated")
     args = parser.parse_args()
     if (args.word is None) == (args.spread is None):
         parser.error("give a WORD or --spread TEXT (one of the two)")
@@ -66,7 +67,8 @@ def main() -> None:
                 print(f"{prob:8.4f}  {word}")
             return
         counts = word_counts(args.spread, vocab)
-        print(f"tau | on the word | on its {args.k} nearest others | entropy (nats; uniform {math.log(len(vocab)):.2f})")
+        uniform = math.log(len(vocab))
+        print(f"tau | on the word | on its {args.k} nearest others | entropy (nats; uniform {uniform:.2f})")
         for tau in args.taus:
             spread = target_spread(model.embedding.weight, counts, tau, args.k)
             print(f"{tau:g} | {spread['self']:.3f} | {spread['near']:.3f} | {spread['entropy']:.2f}")
