@@ -163,7 +163,8 @@ def text_chart(series: dict[str, list[tuple[float, float]]], *, x_label: str, y_
                 row = round((y_hi - y) / (y_hi - y_lo) * (height - 1)) if y_hi > y_lo else height - 1
                 grid[row][col] = marker if grid[row][col] in (" ", marker) else "="
     tick = {0: y_hi, (height - 1) // 2: (y_hi + y_lo) / 2, height - 1: y_lo}
-    lines = [y_label] + [f"{_fmt(tick[i]) if i in tick else '':>8} |{''.join(row)}" for i, row in enumerate(grid)]
+    lines = [y_label]
+    lines += [f"{_fmt(tick[i]) if i in tick else '':>8} |{''.join(row)}".rstrip() for i, row in enumerate(grid)]
     lines.append(" " * 9 + "+" + "-" * width)
     x_lo_s, x_hi_s = f"{x_lo:g}", f"{x_hi:g}"
     lines.append(" " * 10 + x_lo_s + " " * max(1, width - len(x_lo_s) - len(x_hi_s)) + x_hi_s + f"  {x_label}")

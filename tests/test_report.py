@@ -100,11 +100,11 @@ def test_text_chart_puts_each_point_where_its_values_say():
     assert chart[0] == "ppl"
     grid = [line.split("|", 1)[1] for line in chart[1:4]]
     # x 1..3 over 5 columns (1 -> 0, 2 -> 2, 3 -> 4); y 100..200 over 3 rows, top row 200
-    assert grid == ["    o", "  x  ", "o    "]
+    assert grid == ["    o", "  x", "o"]
     assert chart[1].startswith("   200.0 ") and chart[3].startswith("   100.0 ")
     assert chart[-2:] == ["  o a", "  x b"]
     shared = text_chart({"a": [(0, 1.0), (1, 2.0)], "b": [(0, 1.0)]}, x_label="x", y_label="y", width=3, height=2)
-    assert shared.splitlines()[2].endswith("|=  ") and shared.splitlines()[-1] == "  = two or more series in one place"
+    assert shared.splitlines()[2].endswith("|=") and shared.splitlines()[-1] == "  = two or more series in one place"
     assert "too many" in text_chart({str(i): [(0, 1.0)] for i in range(9)}, x_label="x", y_label="y")
 
 
