@@ -47,7 +47,6 @@ def load_model(ckpt_path: str | Path) -> tuple[LSTMLanguageModel, list[str]]:
     return model.eval(), vocab
 
 
-
 @torch.no_grad()
 def target_spread(embedding: torch.Tensor, counts: torch.Tensor, tau: float, k: int = 10) -> dict[str, float]:
     """Where y~ = softmax(L L[w] / tau) puts its mass, averaged over words w weighted by ``counts`` (V,):
