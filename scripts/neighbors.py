@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from lm.analysis import load_model, target_neighbors, target_spread
-from lm.data import read_lines
+from lm.data import Vocabulary, read_lines
 from lm.errors import DataError, UserError
 
 
@@ -26,16 +26,8 @@ def word_counts(path: Path, vocab: list[str]) -> torch.Tensor:
     """How often each vocabulary word occurs in a text (words outside the vocabulary count as <unk>)."""
     if not path.is_file():
         raise DataError(f"{path} does not exist; --spread needs a text file such as ptb.valid.txt.")
-    index = {w: i for i, w in enumerate(vocab)}
-    unk = index.get("<unk>")
-    counts = torch.zeros(len(vocab), dtype=torch.long)
-    for line in read_lines(path):
-        for word in line:
-            if (i := index.get(word, unk)) is not None:
-                counts[i] += 1
-    if counts.sum() == 0:
-        raise DataError(f"{path} has no words of the checkpoint's vocabulary.")
-    return counts
+    ids, _ = Vocabulary(vocab).encode(read_lines(path))  # read_lines rejects an empty file
+    return torch.bincount(ids, minlength=len(vocab))
 
 
 def temperatures(text: str) -> list[float]:
