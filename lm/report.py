@@ -122,15 +122,19 @@ def _pyplot():
     return plt
 
 
+def val_series(runs: list[Run]) -> dict[str, list[tuple[int, float]]]:
+    """label -> [(epoch counted from 1, val/ppl)] for each run that has validated; what both plots draw."""
+    return {f"{r.label} ({r.path.name})": [(e + 1, p) for e, p in r.val_curve] for r in runs if r.val_curve}
+
+
 def plot_val_curves(runs: list[Run], out: Path) -> Path | None:
-    plt = _pyplot()
-    curves = [r for r in runs if r.val_curve]
+    curves = val_series(runs)
     if not curves:
         return None
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in curves:
-        ax.plot([e + 1 for e, _ in r.val_curve], [p for _, p in r.val_curve], marker="o", markersize=3,
-                label=f"{r.label} ({r.path.name})")
+    for label, points in curves.items():
+        ax.plot([e for e, _ in points], [p for _, p in points], marker="o", markersize=3, label=label)
     ax.set(xlabel="epoch", ylabel="validation perplexity", yscale="log", title="Validation perplexity per epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend()
@@ -150,7 +154,8 @@ def text_chart(series: dict[str, list[tuple[float, float]]], *, x_label: str, y_
     go to the range where the series differ (the end of training) rather than the first epochs."""
     if len(series) > len(MARKERS):
         return f"({len(series)} series: too many for a text chart, which has {len(MARKERS)} markers; see the PNG)\n"
-    points = [(x, y) for pts in series.values() for x, y in pts if y_top is None or y <= y_top]
+    series = {name: [(x, y) for x, y in pts if y_top is None or y <= y_top] for name, pts in series.items()}
+    points = [point for pts in series.values() for point in pts]
     if not points:
         return ""
     x_lo, x_hi = min(x for x, _ in points), max(x for x, _ in points)
@@ -158,10 +163,9 @@ def text_chart(series: dict[str, list[tuple[float, float]]], *, x_label: str, y_
     grid = [[" "] * width for _ in range(height)]
     for marker, pts in zip(MARKERS, series.values()):
         for x, y in pts:
-            if y_top is None or y <= y_top:
-                col = round((x - x_lo) / (x_hi - x_lo) * (width - 1)) if x_hi > x_lo else 0
-                row = round((y_hi - y) / (y_hi - y_lo) * (height - 1)) if y_hi > y_lo else height - 1
-                grid[row][col] = marker if grid[row][col] in (" ", marker) else "="
+            col = round((x - x_lo) / (x_hi - x_lo) * (width - 1)) if x_hi > x_lo else 0
+            row = round((y_hi - y) / (y_hi - y_lo) * (height - 1)) if y_hi > y_lo else height - 1
+            grid[row][col] = marker if grid[row][col] in (" ", marker) else "="
     tick = {0: y_hi, (height - 1) // 2: (y_hi + y_lo) / 2, height - 1: y_lo}
     lines = [y_label]
     lines += [f"{_fmt(tick[i]) if i in tick else '':>8} |{''.join(row)}".rstrip() for i, row in enumerate(grid)]
@@ -176,7 +180,7 @@ def text_chart(series: dict[str, list[tuple[float, float]]], *, x_label: str, y_
 
 def val_curves_text(runs: list[Run]) -> str:
     """Validation perplexity per epoch as a text chart, cut at 1.5x the best value."""
-    curves = {f"{r.label} ({r.path.name})": [(e + 1, p) for e, p in r.val_curve] for r in runs if r.val_curve}
+    curves = val_series(runs)
     if not curves:
         return ""
     best = min(p for pts in curves.values() for _, p in pts)
@@ -226,26 +230,28 @@ def alpha_points(runs: list[Run]) -> dict[str, list[tuple[float, Run]]]:
             sorted(points, key=lambda point: point[0]) for (size, variant, settings), points in groups.items()}
 
 
+def alpha_series(runs: list[Run]) -> dict[str, list[tuple[float, float]]]:
+    """"<group> val/ppl" and "<group> test/ppl" -> [(alpha, perplexity)] (see alpha_points); what both plots draw."""
+    return {f"{label} {split}/ppl": [(a, r.metrics[f"{split}/ppl"]) for a, r in points]
+            for label, points in alpha_points(runs).items() for split in ("val", "test")}
+
+
 def alpha_sweep_text(runs: list[Run]) -> str:
-    """val/test perplexity against alpha (see alpha_points) as a text chart."""
-    series = {}
-    for label, points in alpha_points(runs).items():
-        for split in ("val", "test"):
-            series[f"{label} {split}/ppl"] = [(a, r.metrics[f"{split}/ppl"]) for a, r in points]
+    """val/test perplexity against alpha as a text chart."""
+    series = alpha_series(runs)
     return text_chart(series, x_label="alpha (0: cross-entropy)", y_label="perplexity") if series else ""
 
 
 def plot_alpha_sweep(runs: list[Run], out: Path) -> Path | None:
-    """val/test perplexity against alpha (see alpha_points)."""
-    groups = alpha_points(runs)
-    if not groups:
+    """val/test perplexity against alpha."""
+    series = alpha_series(runs)
+    if not series:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, points in groups.items():
-        alphas = [a for a, _ in points]
-        ax.plot(alphas, [r.metrics["val/ppl"] for _, r in points], "o-", label=f"{label} val")
-        ax.plot(alphas, [r.metrics["test/ppl"] for _, r in points], "s--", label=f"{label} test")
+    for label, points in series.items():
+        ax.plot([a for a, _ in points], [p for _, p in points], "s--" if label.endswith("test/ppl") else "o-",
+                label=label)
     ax.set(xlabel="alpha (0: cross-entropy)", ylabel="perplexity", title="Perplexity against alpha")
     ax.legend()
     fig.tight_layout()
