@@ -71,11 +71,13 @@ def _unfinished_metrics(folder: Path, curve: list[tuple[int, float]]) -> dict:
     cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
     hydra_yaml = folder / ".hydra" / "hydra.yaml"  # Hydra writes it beside config.yaml; without it, variant "?"
     choices = OmegaConf.load(hydra_yaml).hydra.runtime.choices if hydra_yaml.is_file() else {}
+    overrides_yaml = folder / ".hydra" / "overrides.yaml"
+    overrides = list(OmegaConf.load(overrides_yaml)) if overrides_yaml.is_file() else []
     return {
         "val/ppl": min(p for _, p in curve), "test/ppl": None, "epochs": len(curve), "params": None,
         "model": choices.get("model"), "size": choices.get("size"), "loss": choices.get("loss"),
         "alpha": cfg.loss.get("alpha"), "tau": cfg.loss.get("tau"), "wall_s": None,
-        "max_epochs": cfg.trainer.get("max_epochs"), "unfinished": True,
+        "max_epochs": cfg.trainer.get("max_epochs"), "overrides": overrides, "unfinished": True,
     }
 
 
@@ -95,8 +97,9 @@ def _fmt(x, digits=1) -> str:
 def markdown_table(runs: list[Run]) -> str:
     runs = sorted(runs, key=lambda r: (r.size, ORDER.index(r.variant) if r.variant in ORDER else 9, str(r.path)))
     lines = [
-        "| variant | size | alpha | params | epochs | best val/ppl | test/ppl | paper test | difference | wall (h) | run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | size | alpha | params | epochs | best val/ppl | test/ppl | paper test | difference | wall (h) | "
+        "settings | run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         m = r.metrics
@@ -104,11 +107,12 @@ def markdown_table(runs: list[Run]) -> str:
         diff = m["test/ppl"] - paper if paper is not None and m.get("test/ppl") is not None else None
         epochs = m.get("epochs") if r.finished else f"{m.get('epochs')} of {m.get('max_epochs')} (unfinished)"
         wall = m.get("wall_s")
+        settings = " ".join(f"`{o}`" for o in _settings(r)) or "-"
         lines.append(
             f"| {r.variant} | {r.size} | {m.get('alpha') if r.variant in ('AL', 'REAL') else '-'} | "
             f"{_fmt(m.get('params'), 0)} | {epochs} | {_fmt(m.get('val/ppl'))} | {_fmt(m.get('test/ppl'))} | "
             f"{_fmt(paper)} | {'-' if diff is None else f'{diff:+.1f}'} | {_fmt(None if wall is None else wall / 3600, 2)} | "
-            f"`{r.path}` |"
+            f"{settings} | `{r.path}` |"
         )
     return "\n".join(lines) + "\n"
 
@@ -196,9 +200,10 @@ def _settings(run: Run, ignore: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The run's command-line overrides that change what it trains, less keys starting with `ignore`."""
     kept = []
     for override in run.metrics.get("overrides") or []:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key not in _NOT_SETTINGS and not key.startswith(("hydra.", *ignore)):
-            kept.append(override.lower())  # Hydra writes resume=True or resume=true
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") not in _NOT_SETTINGS and not key.lstrip("+~").startswith(("hydra.", *ignore)):
+            # x=True and x=true are one setting; other values (paths) keep their case
+            kept.append(f"{key}={value.lower()}" if value.lower() in ("true", "false") else override)
     return tuple(sorted(kept))
 
 

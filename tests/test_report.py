@@ -23,14 +23,18 @@ def test_report_table_compares_with_the_paper_and_plots(tmp_path):
     _fake_run(runs / "real", "tied", "augmented", 80.7, alpha=0.5)
     _fake_run(runs / "vd", "untied", "ce", 90.3)
     _fake_run(runs / "sweep" / "0", "tied", "augmented", 84.0, alpha=0.1)
+    _fake_run(runs / "vd_plateau", "untied", "ce", 92.0,
+              overrides=("experiment=small_vd", "optim.lr_schedule.kind=plateau", "resume=True", "hydra.run.dir=x"))
     result = run_script("report.py", str(runs), "--out", str(tmp_path / "report"))
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "report" / "table.md").read_text().splitlines()
-    assert len(table) == 2 + 3
-    vd = next(line for line in table if line.startswith("| VD |"))
+    assert len(table) == 2 + 4
+    vd = next(line for line in table if line.startswith("| VD |") and "plateau" not in line)
     real = next(line for line in table if "| REAL | small | 0.5 |" in line)
-    assert "| 90.3 | 87.3 | +3.0 | 2.00 |" in vd  # the paper's small VD-LSTM: 87.3 test
+    assert "| 90.3 | 87.3 | +3.0 | 2.00 | - |" in vd  # the paper's small VD-LSTM: 87.3 test; no overrides
     assert "| 80.7 | 82.7 | -2.0 |" in real
+    plateau = next(line for line in table if "| 92.0 |" in line)
+    assert "| `optim.lr_schedule.kind=plateau` | `" in plateau  # what it changed; not resume or its folder
     assert table.index(vd) < table.index(real)  # the paper's column order: VD, AL, RE, REAL
     assert "  o small REAL alpha=0.5 (real)" in (tmp_path / "report" / "val_curves.txt").read_text()
     assert "small REAL test/ppl" in (tmp_path / "report" / "alpha.txt").read_text()
@@ -45,6 +49,7 @@ def _unfinished_run(folder, val_rows, max_epochs=40):
     (folder / ".hydra" / "config.yaml").write_text(f"loss:\n  alpha: 0.5\n  tau: 1.0\ntrainer:\n  max_epochs: {max_epochs}\n")
     (folder / ".hydra" / "hydra.yaml").write_text(
         "hydra:\n  runtime:\n    choices:\n      model: tied\n      size: small\n      loss: augmented\n")
+    (folder / ".hydra" / "overrides.yaml").write_text("- experiment=small_real\n- data.data_dir=/Data/PTB\n")
     (folder / "csv").mkdir()
     rows = ["epoch,step,train/loss,val/ppl"] + [f"{e},{10 * e + 9},,{p}" for e, p in val_rows]
     (folder / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
@@ -63,7 +68,8 @@ def test_report_lists_an_unfinished_run_with_the_epochs_it_ran(tmp_path):
     table = (tmp_path / "report" / "table.md").read_text().splitlines()
     assert len(table) == 2 + 3 and any(line.startswith("| ? | ? |") for line in table)
     real = next(line for line in table if line.startswith("| REAL |"))
-    assert real.startswith("| REAL | small | 0.5 | - | 3 of 40 (unfinished) | 150.0 | - | 82.7 | - | - |")
+    assert real.startswith("| REAL | small | 0.5 | - | 3 of 40 (unfinished) | 150.0 | - | 82.7 | - | - | "
+                           "`data.data_dir=/Data/PTB` |")  # its overrides as written, case kept
 
     from lm.report import find_runs
 
