@@ -201,7 +201,8 @@ def _settings(run: Run, ignore: tuple[str, ...] = ()) -> tuple[str, ...]:
     kept = []
     for override in run.metrics.get("overrides") or []:
         key, _, value = override.partition("=")
-        if key.lstrip("+~") not in _NOT_SETTINGS and not key.lstrip("+~").startswith(("hydra.", *ignore)):
+        name = key.lstrip("+~")
+        if name not in _NOT_SETTINGS and not name.startswith(("hydra.", *ignore)):
             # x=True and x=true are one setting; other values (paths) keep their case
             kept.append(f"{key}={value.lower()}" if value.lower() in ("true", "false") else override)
     return tuple(sorted(kept))
