@@ -1,12 +1,23 @@
 """The language model: embedding -> 2-layer LSTM with variational dropout -> word classifier.
 
 Shapes are time-major, as cuDNN prefers: tokens (T, B) -> embeddings (T, B, d) -> logits (T, B, V).
+
+Dropout, all off by default (sizes set the rates):
+- ``dropout_emb``, ``dropout_hidden``, ``dropout_out``: locked (variational) masks on the inputs and
+  outputs of each LSTM layer, the paper's VD-LSTM;
+- ``dropout_words``: whole words, as Gal & Ghahramani's embedding dropout: a dropped word's vector is
+  zero at every occurrence in the batch;
+- ``dropout_recurrent``: on the recurrent weights W_hh of each layer (DropConnect, one mask per
+  batch, so every step of the sequence sees the same dropped connections). Dropping h_{t-1}'s units
+  as Gal & Ghahramani do would need a Python loop over time; a mask on W_hh keeps cuDNN's fused LSTM.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from lm.errors import ConfigError
 
@@ -45,6 +56,8 @@ class LSTMLanguageModel(nn.Module):
         dropout_emb: float = 0.0,
         dropout_hidden: float = 0.0,
         dropout_out: float = 0.0,
+        dropout_words: float = 0.0,
+        dropout_recurrent: float = 0.0,
         init_range: float = 0.1,
         tie_weights: bool = False,
         output_bias: bool = True,
@@ -57,12 +70,16 @@ class LSTMLanguageModel(nn.Module):
             )
         if num_layers < 1 or emb_size < 1 or hidden_size < 1:
             raise ConfigError("model.num_layers, model.emb_size and model.hidden_size must be positive.")
-        for name, p in (("dropout_emb", dropout_emb), ("dropout_hidden", dropout_hidden), ("dropout_out", dropout_out)):
+        rates = dict(dropout_emb=dropout_emb, dropout_hidden=dropout_hidden, dropout_out=dropout_out,
+                     dropout_words=dropout_words, dropout_recurrent=dropout_recurrent)
+        for name, p in rates.items():
             if not 0.0 <= p < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {p}.")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.tie_weights = tie_weights
+        self.dropout_words = dropout_words
+        self.dropout_recurrent = dropout_recurrent
 
         self.embedding = nn.Embedding(vocab_size, emb_size)
         sizes = [emb_size] + [hidden_size] * num_layers
@@ -88,11 +105,29 @@ class LSTMLanguageModel(nn.Module):
             for lstm in self.lstms
         ]
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Word vectors (T, B, d), with word dropout while training."""
+        x = self.embedding(tokens)
+        if self.training and self.dropout_words > 0:
+            # One keep/drop draw per vocabulary word, looked up per token: the same as masking the
+            # embedding matrix's rows (Gal & Ghahramani), without touching the |V| x d matrix.
+            keep = x.new_empty(self.vocab_size).bernoulli_(1.0 - self.dropout_words) / (1.0 - self.dropout_words)
+            x = x * keep[tokens].unsqueeze(-1)
+        return x
+
+    def run_layer(self, lstm: nn.LSTM, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        """One LSTM layer over the window; with recurrent dropout, on a masked copy of W_hh."""
+        if not (self.training and self.dropout_recurrent > 0):
+            return lstm(x, state)
+        # The Parameter stays untouched (the optimizer steps it); its gradient is the masked one.
+        w_hh = F.dropout(lstm.weight_hh_l0, self.dropout_recurrent, training=True)
+        return functional_call(lstm, {"weight_hh_l0": w_hh}, (x, state))
+
     def forward(self, tokens: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
-        x = self.drop_emb(self.embedding(tokens))  # (T, B, d)
+        x = self.drop_emb(self.embed(tokens))  # (T, B, d)
         new_hidden = []
         for i, lstm in enumerate(self.lstms):
-            x, state = lstm(x, hidden[i])  # (T, B, hidden_size)
+            x, state = self.run_layer(lstm, x, hidden[i])  # (T, B, hidden_size)
             new_hidden.append(state)
             x = self.drop_hidden(x) if i < len(self.lstms) - 1 else self.drop_out(x)
         return self.decoder(x), new_hidden  # (T, B, V)

@@ -103,6 +103,7 @@ CONFIG_CASES = {
     "batch_negative": (["data.batch_size=-4"], "data.batch_size must be a positive integer"),
     "dropout_one": (["model.dropout_hidden=1.0"], "model.dropout_hidden must be in [0, 1)"),
     "dropout_negative": (["model.dropout_emb=-0.1"], "model.dropout_emb must be in [0, 1)"),
+    "dropout_recurrent_one": (["model.dropout_recurrent=1"], "model.dropout_recurrent must be in [0, 1)"),
     "tied_sizes": (["model=tied", "model.emb_size=8"], "model.emb_size == model.hidden_size"),
     "vectors_missing": (["model.pretrained_vectors=/nonexistent/vectors.txt"], "/nonexistent/vectors.txt does not exist"),
     "freeze_negative": (["model.freeze_embedding_epochs=-1"], "model.freeze_embedding_epochs must be an integer >= 0"),

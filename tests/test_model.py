@@ -126,3 +126,71 @@ def test_target_spread_closed_form_and_blocks():
     spread = target_spread(emb, counts, 0.7)
     assert spread["self"] == pytest.approx(float(dense_self), rel=1e-5)
     assert spread["near"] == pytest.approx(float(dense_near), rel=1e-5)
+
+
+def test_word_dropout_drops_a_word_at_every_occurrence():
+    torch.manual_seed(2)
+    m = small(dropout_words=0.5).train()
+    tokens = torch.randint(0, 10, (12, 5))  # 10 distinct words, each seen many times
+    x = m.embed(tokens)
+    scale = (x / m.embedding(tokens)).detach()  # per token: 0 (dropped) or 1 / (1 - p) on every unit
+    for word in tokens.unique():
+        at = scale[tokens == word]
+        assert torch.allclose(at, at[:1].expand_as(at))  # one decision per word for the whole batch
+    assert set(scale[..., 0].unique().tolist()) == {0.0, 2.0}
+    # A dropped word gets no gradient from this batch; a kept one does, scaled by 1 / (1 - p).
+    x.sum().backward()
+    dropped = tokens[scale[..., 0] == 0].unique()
+    kept = tokens[scale[..., 0] == 2].unique()
+    g = m.embedding.weight.grad
+    assert g[dropped].abs().sum() == 0
+    counts = torch.bincount(tokens.flatten(), minlength=50)
+    assert torch.allclose(g[kept], 2.0 * counts[kept, None].float().expand(-1, 12))
+    assert torch.equal(m.eval().embed(tokens), m.embedding(tokens))
+
+
+def _lstm_by_hand(x, state, w_ih, w_hh, b_ih, b_hh):
+    """The LSTM recurrence written out (PyTorch's gate order i, f, g, o), one step at a time."""
+    h, c = state[0][0], state[1][0]
+    out = []
+    for x_t in x:
+        i, f, g, o = (x_t @ w_ih.T + b_ih + h @ w_hh.T + b_hh).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        out.append(h)
+    return torch.stack(out)
+
+
+def test_recurrent_dropout_uses_one_mask_on_w_hh_for_the_whole_window():
+    torch.manual_seed(3)
+    p = 0.4
+    m = small(num_layers=1, dropout_recurrent=p).train()
+    lstm = m.lstms[0]
+    x = torch.randn(15, 4, 12)
+    state = (torch.randn(1, 4, 12), torch.randn(1, 4, 12))
+    out, _ = m.run_layer(lstm, x, state)
+    out.sum().backward()
+    # The dropped connections are the entries of W_hh whose gradient is exactly zero.
+    kept = lstm.weight_hh_l0.grad != 0
+    assert 0.3 < 1 - kept.float().mean() < 0.5
+    assert lstm.weight_ih_l0.grad.ne(0).all()  # input weights are not dropped
+    # The window's output is the LSTM run with W_hh * mask / (1 - p) at every step.
+    with torch.no_grad():
+        w_hh = lstm.weight_hh_l0 * kept / (1 - p)
+        by_hand = _lstm_by_hand(x, state, lstm.weight_ih_l0, w_hh, lstm.bias_ih_l0, lstm.bias_hh_l0)
+    torch.testing.assert_close(out, by_hand, rtol=1e-5, atol=1e-6)
+    assert isinstance(lstm.weight_hh_l0, torch.nn.Parameter)  # the optimizer still steps the original
+
+
+def test_recurrent_dropout_draws_a_new_mask_per_batch_and_none_in_eval():
+    torch.manual_seed(4)
+    m = small(dropout_recurrent=0.5)
+    plain = small()
+    plain.load_state_dict(m.state_dict())
+    tokens = torch.randint(0, 50, (8, 3))
+    m.train()
+    a, _ = m(tokens, m.init_hidden(3))
+    b, _ = m(tokens, m.init_hidden(3))
+    assert not torch.allclose(a, b)
+    m.eval(), plain.eval()
+    torch.testing.assert_close(m(tokens, m.init_hidden(3))[0], plain(tokens, plain.init_hidden(3))[0])
