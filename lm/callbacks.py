@@ -87,11 +87,13 @@ class SaveOnStop(pl.Callback):
     Lightning turns SIGTERM into ``SIGTERMException`` after the step in progress; Ctrl-C is handled
     the same way here instead of interrupting a step half-way (a second Ctrl-C stops at once, without
     saving). Other failures (a non-finite loss included) save nothing, so the last good checkpoint stays.
+    A signal during validation waits for the validation to finish (see ``on_validation_batch_end``).
     """
 
     def __init__(self):
         self.requested: str | None = None
         self._previous_handler = None
+        self._held_sigterm = False
 
     def on_train_start(self, trainer, pl_module) -> None:
         # Not on_fit_start: Lightning records the signal handlers in between and reinstates them at teardown.
@@ -114,6 +116,19 @@ class SaveOnStop(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.requested:
             raise StopRequested(self.requested)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        # Lightning would stop validation at the next batch, and a run resumed from there goes on to the
+        # next epoch without this one's val/ppl: no row in the log, no chance at best.ckpt, a plateau
+        # schedule one step short. Held until validation ends, the signal stops the run after the epoch.
+        if trainer.received_sigterm and not trainer.sanity_checking:
+            trainer._signal_connector.received_sigterm = False
+            self._held_sigterm = True
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._held_sigterm:
+            self._held_sigterm = False
+            trainer._signal_connector.received_sigterm = True
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._restore_handler()
