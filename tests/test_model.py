@@ -192,5 +192,6 @@ def test_recurrent_dropout_draws_a_new_mask_per_batch_and_none_in_eval():
     a, _ = m(tokens, m.init_hidden(3))
     b, _ = m(tokens, m.init_hidden(3))
     assert not torch.allclose(a, b)
-    m.eval(), plain.eval()
+    m.eval()
+    plain.eval()
     torch.testing.assert_close(m(tokens, m.init_hidden(3))[0], plain(tokens, plain.init_hidden(3))[0])
