@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py                       # small, batch 20 x BPTT 35, real PTB if present
     python scripts/benchmark.py --size medium --vocab 33278 --json
+    python scripts/benchmark.py model.dropout_recurrent=0      # any train.py override of the model
 
 Every variant trains the same model class on the same windows in this one process: forward, loss,
 backward, gradient clipping, SGD update (and, for Lightning, its hooks, logging and batch handling).
@@ -62,7 +63,7 @@ def project_config(args, output_dir: str) -> DictConfig:
     overrides = [f"size={args.size}", f"paths.output_dir={output_dir}",
                  f"trainer.accelerator={args.device.split(':')[0]}",
                  "trainer.max_epochs=-1", f"trainer.max_steps={args.warmup + args.steps}",
-                 "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0"]
+                 "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", *args.overrides]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
@@ -274,6 +275,7 @@ def main() -> None:
                         help="leave glibc's allocator thresholds as they are (train.py sets them: lm/allocator.py)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the CPU peak child
+    parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. model.dropout_recurrent=0")
     args = parser.parse_args()
     # As train.py does; the peak-memory child instead needs every freed block returned (cpu_peaks).
     allocator = "glibc defaults"
@@ -320,7 +322,7 @@ def main() -> None:
         "peak_mb_ce": peak.get("lightning_ce"),
         "peak_mb_al": peak.get("lightning_al"),
     }
-    print(f"{args.size}, {'tied' if args.tied else 'untied'}, batch {args.batch} x "
+    print(f"{' '.join([args.size, *args.overrides])}, {'tied' if args.tied else 'untied'}, batch {args.batch} x "
           f"BPTT {args.bptt}, {source}, {args.device}, {torch.get_num_threads()} threads, {allocator}, "
           f"median of {args.steps} steps after {args.warmup} warm-up steps, variants taking turns step by step")
     for k, v in out.items():

@@ -106,3 +106,13 @@ def test_data_dir_from_environment(tmp_path, monkeypatch):
 def test_tensorboard_logger_config_composes(tmp_path):
     cfg = compose_cfg(["logger=tensorboard"], tmp_path)
     assert cfg.logger.tensorboard._target_.endswith("TensorBoardLogger")
+
+
+def test_small_size_sets_variational_lstm_dropout_and_plateau_schedule(tmp_path):
+    # size/ comes after model/ and optim/ in the defaults list, or these would be overwritten.
+    small = compose_cfg(["experiment=small_vd"], tmp_path)
+    assert (small.model.dropout_words, small.model.dropout_recurrent) == (0.1, 0.2)
+    assert small.optim.lr_schedule.kind == "plateau"
+    medium = compose_cfg(["experiment=medium_vd"], tmp_path)
+    assert (medium.model.dropout_words, medium.model.dropout_recurrent) == (0.0, 0.0)
+    assert medium.optim.lr_schedule.kind == "decay"

@@ -110,7 +110,7 @@ def test_validation_perplexity_equals_manual_computation(corpus, tmp_path):
 def test_lr_decays_per_epoch_and_alpha_follows_schedule(corpus, tmp_path):
     _, dm, task, trainer = build(
         corpus, tmp_path, "trainer.max_epochs=3", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "optim.lr_schedule.decay_factor=0.5", "optim.lr_schedule.after_epoch=1",
+        "optim.lr_schedule.kind=decay", "optim.lr_schedule.decay_factor=0.5", "optim.lr_schedule.after_epoch=1",
         "alpha_schedule=linear", "alpha_schedule.length=2", "loss.alpha=0.8", "trainer.log_every_n_steps=1",
     )
     seen = []

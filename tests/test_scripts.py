@@ -82,6 +82,11 @@ def test_benchmark_prints_its_json_record():
     assert {"peak_mb_plain", "peak_mb_ce", "peak_mb_al"} <= set(record)
 
 
+def test_benchmark_builds_the_model_with_train_py_overrides():
+    result = run_script("benchmark.py", "--vocab", "50", "--steps", "2", "--warmup", "1", "model.dropout_recurrent=1")
+    assert "model.dropout_recurrent must be in [0, 1), got 1." in result.stderr  # the model's own check, not argparse
+
+
 def test_predict_and_neighbors_read_a_trained_checkpoint(corpus, tmp_path):
     run_dir = tmp_path / "run"
     result = run_script("train.py", *_common(corpus, run_dir), "model=tied", "loss=ce", "trainer.max_epochs=6",
