@@ -59,7 +59,8 @@ def windows(args) -> tuple[BPTTWindows, int, str]:
 
 
 def project_config(args, output_dir: str) -> DictConfig:
-    """The training config as train.py composes it for ``size=<args.size>``, without validation."""
+    """The training config as train.py composes it for ``size=<args.size>`` and the command line's
+    overrides, without validation."""
     overrides = [f"size={args.size}", f"paths.output_dir={output_dir}",
                  f"trainer.accelerator={args.device.split(':')[0]}",
                  "trainer.max_epochs=-1", f"trainer.max_steps={args.warmup + args.steps}",

@@ -6,12 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, run_script
+from conftest import NO_DROPOUT, TINY, run_script
 
 DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
-# No dropout: each process draws its own masks, so only a deterministic model can match exactly.
-NO_DROPOUT = ["model.dropout_emb=0", "model.dropout_hidden=0", "model.dropout_out=0", "model.dropout_words=0",
-              "model.dropout_recurrent=0"]
+# NO_DROPOUT: each process draws its own masks, so only a deterministic model can match exactly.
 
 
 def _train(corpus, run_dir, *overrides):

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import TINY, run_script
+from conftest import NO_DROPOUT, TINY, run_script
 
 
 def _common(corpus, run_dir):
@@ -90,8 +90,7 @@ def test_benchmark_builds_the_model_with_train_py_overrides():
 def test_predict_and_neighbors_read_a_trained_checkpoint(corpus, tmp_path):
     run_dir = tmp_path / "run"
     result = run_script("train.py", *_common(corpus, run_dir), "model=tied", "loss=ce", "trainer.max_epochs=6",
-                        "trainer.limit_train_batches=null", "model.dropout_emb=0", "model.dropout_hidden=0",
-                        "model.dropout_out=0", "model.dropout_words=0", "model.dropout_recurrent=0")
+                        "trainer.limit_train_batches=null", *NO_DROPOUT)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = str(run_dir / "checkpoints" / "best.ckpt")
     # write_corpus's language: after each word comes one of two others 90% of the time.
