@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -66,3 +67,15 @@ def build_trainer(cfg: DictConfig, with_callbacks: bool = True, with_logger: boo
     callbacks = _instantiate_dict(cfg.get("callbacks")) if with_callbacks else []
     loggers = _instantiate_dict(cfg.get("logger")) if with_logger else False
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+
+def close_distributed() -> None:
+    """Destroy the DDP process group at the end of a run that succeeded, on every rank.
+
+    Left to the interpreter's exit, gloo's worker threads can outlive Python's finalization and the
+    process aborts ("terminate called without an active exception", exit status -6) after its work
+    is done. Not called on errors: a rank that destroys the group while another still waits in a
+    collective would hang it.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

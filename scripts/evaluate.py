@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from lm.allocator import keep_freed_memory
-from lm.build import build_datamodule, build_task, build_trainer
+from lm.build import build_datamodule, build_task, build_trainer, close_distributed
 from lm.checkpoint import check_compatible, load_checkpoint
 from lm.cli import report_user_errors
 from lm.errors import ConfigError
@@ -31,6 +31,7 @@ def main(cfg: DictConfig) -> None:
     test = trainer.test(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
     if trainer.is_global_zero:
         print(json.dumps({"ckpt_path": str(cfg.ckpt_path), "val/ppl": val[0]["val/ppl"], "test/ppl": test[0]["test/ppl"]}))
+    close_distributed()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lm.allocator import keep_freed_memory
-from lm.build import build_datamodule, build_task, build_trainer
+from lm.build import build_datamodule, build_task, build_trainer, close_distributed
 from lm.callbacks import StopRequested, TrainThroughput
 from lm.checkpoint import check_compatible, load_checkpoint
 from lm.cli import report_user_errors
@@ -106,6 +106,7 @@ def main(cfg: DictConfig) -> float:
             f"epochs {metrics['epochs']}  params {metrics['params']:,}  "
             f"{metrics['train_tokens_per_s']:.0f} train tokens/s  -> {run_dir}"
         )
+    close_distributed()
     return metrics["val/ppl"]
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import NO_DROPOUT, TINY, run_script
+from lm.build import close_distributed
 
 DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
 # NO_DROPOUT: each process draws its own masks, so only a deterministic model can match exactly.
@@ -70,3 +71,11 @@ def test_variable_bptt_on_two_processes_equals_one_process(corpus, tmp_path):
     b = _weights(_train(corpus, tmp_path / "ddp", *run, *DDP))
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_close_distributed_destroys_the_process_group():
+    # Left to the interpreter's exit, gloo's threads can abort a run that succeeded (exit status -6).
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    close_distributed()
+    assert not torch.distributed.is_initialized()
+    close_distributed()  # no group left: nothing to do
