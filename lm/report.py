@@ -22,11 +22,16 @@ VARIANTS = {("untied", "ce"): "VD", ("untied", "augmented"): "AL", ("tied", "ce"
 ORDER = ["VD", "AL", "RE", "REAL"]
 
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
 @dataclass
 class Run:
     path: Path
     metrics: dict
     val_curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, val/ppl)
+    # "key=value" where the run's config differs from what its preset composes today; None: not known
+    preset_diff: tuple[str, ...] | None = None
 
     @property
     def finished(self) -> bool:
@@ -61,7 +66,58 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
             runs.append(Run(folder, json.loads((folder / "metrics.json").read_text()), curve))
         elif curve:
             runs.append(Run(folder, _unfinished_metrics(folder, curve), curve))
+    _add_preset_diffs(runs)
     return runs
+
+
+# Keys that say where a run reads and writes, or how it shows progress, not what it trains.
+_NOT_TRAINING = ("paths.", "resume", "ckpt_path", "data.data_dir", "data.download", "data.url", "data.sha256",
+                 "callbacks.progress_bar.", "logger.")
+
+
+def _add_preset_diffs(runs: list[Run]) -> None:
+    """Set each run's preset_diff: a preset can change after a run (the small dropout did), and then the
+    run's command-line overrides no longer say how it differs from a run started today."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for run in runs:
+            run.preset_diff = _preset_diff(run.path, compose)
+
+
+def _preset_diff(folder: Path, compose) -> tuple[str, ...] | None:
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    config, overrides = folder / ".hydra" / "config.yaml", folder / ".hydra" / "overrides.yaml"
+    if not (config.is_file() and overrides.is_file()):
+        return None
+    # The run's choices of config groups (experiment=small_re, model=tied, ...) make its preset.
+    groups = [o for o in OmegaConf.load(overrides) if (CONF / o.partition("=")[0].lstrip("+")).is_dir()]
+    try:
+        today = OmegaConf.to_container(compose(config_name="train", overrides=groups), resolve=False)
+    except (HydraException, OmegaConfBaseException):  # e.g. a preset renamed since the run
+        return None
+    ran, now = _flat(OmegaConf.to_container(OmegaConf.load(config), resolve=False)), _flat(today)
+    absent = object()
+    return tuple(
+        f"{key}={_show(ran[key]) if key in ran else '(absent)'}"
+        for key in sorted(ran.keys() | now.keys())
+        if not key.startswith(_NOT_TRAINING) and ran.get(key, absent) != now.get(key, absent)
+    )
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix.removesuffix("."): tree}
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+
+
+def _show(value) -> str:
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
 
 
 def _unfinished_metrics(folder: Path, curve: list[tuple[int, float]]) -> dict:
@@ -197,7 +253,10 @@ _NOT_SETTINGS = ("resume", "experiment", "model", "loss", "size")
 
 
 def _settings(run: Run, ignore: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The run's command-line overrides that change what it trains, less keys starting with `ignore`."""
+    """What sets the run apart from its preset as composed today (else, for a folder without its Hydra
+    config, its command-line overrides that change what it trains), less keys starting with `ignore`."""
+    if run.preset_diff is not None:
+        return tuple(s for s in run.preset_diff if not s.startswith(ignore))
     kept = []
     for override in run.metrics.get("overrides") or []:
         key, _, value = override.partition("=")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import TINY, run_script
+from conftest import TINY, compose_cfg, run_script
 
 
 def _fake_run(folder, model, loss, test_ppl, alpha=None, curve=(300.0, 200.0), overrides=()):
@@ -45,11 +45,14 @@ def test_report_table_compares_with_the_paper_and_plots(tmp_path):
 
 def _unfinished_run(folder, val_rows, max_epochs=40):
     """A run folder as train.py leaves it while training (or stopped): config and log, no metrics.json."""
+    from omegaconf import OmegaConf
+
+    overrides = ["experiment=small_real", "loss.alpha=0.5", f"trainer.max_epochs={max_epochs}", "data.data_dir=/Data/PTB"]
     (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "config.yaml").write_text(f"loss:\n  alpha: 0.5\n  tau: 1.0\ntrainer:\n  max_epochs: {max_epochs}\n")
+    OmegaConf.save(compose_cfg(overrides, folder), folder / ".hydra" / "config.yaml")
     (folder / ".hydra" / "hydra.yaml").write_text(
         "hydra:\n  runtime:\n    choices:\n      model: tied\n      size: small\n      loss: augmented\n")
-    (folder / ".hydra" / "overrides.yaml").write_text("- experiment=small_real\n- data.data_dir=/Data/PTB\n")
+    OmegaConf.save(OmegaConf.create(overrides), folder / ".hydra" / "overrides.yaml")
     (folder / "csv").mkdir()
     rows = ["epoch,step,train/loss,val/ppl"] + [f"{e},{10 * e + 9},,{p}" for e, p in val_rows]
     (folder / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
@@ -68,8 +71,9 @@ def test_report_lists_an_unfinished_run_with_the_epochs_it_ran(tmp_path):
     table = (tmp_path / "report" / "table.md").read_text().splitlines()
     assert len(table) == 2 + 3 and any(line.startswith("| ? | ? |") for line in table)
     real = next(line for line in table if line.startswith("| REAL |"))
+    # Settings: loss.alpha is not the preset's; 40 epochs is, and the data folder does not change training.
     assert real.startswith("| REAL | small | 0.5 | - | 3 of 40 (unfinished) | 150.0 | - | 82.7 | - | - | "
-                           "`data.data_dir=/Data/PTB` |")  # its overrides as written, case kept
+                           "`loss.alpha=0.5` |")
 
     from lm.report import find_runs
 
@@ -130,3 +134,44 @@ def test_reproduce_trains_each_variant_once_and_writes_the_table(corpus, tmp_pat
     assert "| VD | small |" in table and "| REAL | small | 0.1 |" in table
     again = run_script("reproduce.py", *args)
     assert again.returncode == 0 and again.stdout.count("finished earlier") == 2
+
+
+def _run_with_config(folder, overrides, edit=lambda cfg: None):
+    """A finished run folder whose .hydra holds the config that `overrides` compose today, after `edit`."""
+    from omegaconf import OmegaConf
+
+    _fake_run(folder, "tied", "ce", 88.0, overrides=overrides)
+    cfg = compose_cfg(list(overrides), folder)
+    OmegaConf.set_struct(cfg, False)
+    edit(cfg)
+    (folder / ".hydra").mkdir()
+    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(overrides)), folder / ".hydra" / "overrides.yaml")
+    return cfg
+
+
+def test_settings_are_how_a_run_differs_from_its_preset_as_composed_today(tmp_path):
+    from omegaconf import OmegaConf
+
+    from lm.report import _settings, find_runs
+
+    preset = compose_cfg(["experiment=small_re"], tmp_path)
+    words = preset.model.dropout_words
+    assert preset.model.dropout_emb != 0.45
+
+    def since_then(cfg):  # the preset was changed after the run, and the run predates dropout_recurrent
+        cfg.model.dropout_emb = 0.45
+        del cfg.model["dropout_recurrent"]
+
+    # An override equal to today's preset and one that only says where the data is: neither sets it apart.
+    _run_with_config(tmp_path / "old", ["experiment=small_re", f"model.dropout_words={words}",
+                                        "data.data_dir=/Data/PTB", "resume=true"], since_then)
+    _run_with_config(tmp_path / "seed", ["experiment=small_re", "seed=7"])
+    _run_with_config(tmp_path / "renamed", ["experiment=small_re", "model.dropout_out=0.4"])
+    (tmp_path / "renamed" / ".hydra" / "overrides.yaml").write_text(
+        OmegaConf.to_yaml(["experiment=no_such_preset", "model.dropout_out=0.4"]))
+    runs = {r.path.name: r for r in find_runs([tmp_path])}
+    assert _settings(runs["old"]) == ("model.dropout_emb=0.45", "model.dropout_recurrent=(absent)")
+    assert _settings(runs["seed"]) == ("seed=7",)
+    # A preset that no longer composes: the command-line overrides, as before.
+    assert _settings(runs["renamed"]) == ("model.dropout_out=0.4",)
