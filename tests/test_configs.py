@@ -86,6 +86,16 @@ def test_small_augmented_presets_set_their_swept_alpha_and_the_command_line_wins
         assert compose_cfg([f"experiment={name}", "loss.alpha=0.7"], tmp_path).alpha_schedule.end == 0.7
 
 
+def test_small_tied_presets_drop_less_on_layer_inputs_and_outputs_and_the_command_line_wins(tmp_path):
+    size = compose_cfg(["size=small"], tmp_path).model
+    for name in ("small_re", "small_real"):
+        model = compose_cfg([f"experiment={name}"], tmp_path).model
+        assert model.dropout_emb == model.dropout_hidden == model.dropout_out < size.dropout_out
+        assert compose_cfg([f"experiment={name}", "model.dropout_out=0.4"], tmp_path).model.dropout_out == 0.4
+    for name in ("small_vd", "small_al"):
+        assert compose_cfg([f"experiment={name}"], tmp_path).model.dropout_out == size.dropout_out
+
+
 @pytest.mark.parametrize("trainer,accelerator,precision,strategy", [
     ("cpu", "cpu", "32-true", None), ("gpu", "gpu", "bf16-mixed", None), ("ddp", "auto", "32-true", "ddp"),
 ])
