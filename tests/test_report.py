@@ -147,7 +147,6 @@ def _run_with_config(folder, overrides, edit=lambda cfg: None):
     (folder / ".hydra").mkdir()
     OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create(list(overrides)), folder / ".hydra" / "overrides.yaml")
-    return cfg
 
 
 def test_settings_are_how_a_run_differs_from_its_preset_as_composed_today(tmp_path):
