@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY, compose_cfg
 from lm.build import build_datamodule, build_task, build_trainer
-from lm.callbacks import StopRequested
+from lm.callbacks import SaveOnStop, StopRequested
 from lm.module import NonFiniteLoss
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -76,9 +76,17 @@ def unbroken(tmp_path_factory):
     return corpus, trainer.num_training_batches, val, _params(task)
 
 
+@pytest.fixture
+def terminal_sigint():
+    """Ctrl-C as in a terminal, also where pytest itself runs as a background job (which ignores SIGINT)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.parametrize("signum, exc", [(signal.SIGTERM, SIGTERMException), (signal.SIGINT, StopRequested)])
 @pytest.mark.parametrize("where", ["mid_epoch", "epoch_end"])
-def test_stop_and_resume_matches_an_unbroken_run(unbroken, tmp_path, signum, exc, where):
+def test_stop_and_resume_matches_an_unbroken_run(unbroken, tmp_path, signum, exc, where, terminal_sigint):
     corpus, per_epoch, val_unbroken, params_unbroken = unbroken
     stop_step = per_epoch + per_epoch // 2 if where == "mid_epoch" else per_epoch
     with pytest.raises(exc):
@@ -283,3 +291,16 @@ def test_wall_time_carries_over_from_the_checkpoint():
     older = TrainThroughput()
     older.load_state_dict({"tokens": 700, "seconds": 0.5})  # a checkpoint written before wall_s was kept
     assert 0.0 < older.wall_s < 60.0
+
+
+def test_an_ignored_sigint_stays_ignored():
+    # A script's background jobs (cmd & in a non-interactive shell) start with SIGINT ignored; keep it so.
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        callback = SaveOnStop()
+        callback.on_train_start(None, None)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        callback.on_train_end(None, None)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
