@@ -100,9 +100,10 @@ class SaveOnStop(pl.Callback):
         self.requested = None
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread may set signal handlers (and only it receives signals)
-        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.SIG_IGN:
             return  # e.g. a script's background job: SIGINT is not for this process (Python does the same)
-        self._previous_handler = signal.getsignal(signal.SIGINT)
+        self._previous_handler = previous
         signal.signal(signal.SIGINT, self._on_sigint)
 
     def _on_sigint(self, signum, frame) -> None:
