@@ -86,14 +86,14 @@ def test_small_augmented_presets_set_their_swept_alpha_and_the_command_line_wins
         assert compose_cfg([f"experiment={name}", "loss.alpha=0.7"], tmp_path).alpha_schedule.end == 0.7
 
 
-def test_small_tied_presets_drop_less_on_layer_inputs_and_outputs_and_the_command_line_wins(tmp_path):
+def test_the_four_small_presets_drop_what_the_size_drops_and_the_command_line_wins(tmp_path):
+    # The table compares variants, so its four cells share one dropout setting.
+    keys = ("dropout_emb", "dropout_hidden", "dropout_out", "dropout_words", "dropout_recurrent")
     size = compose_cfg(["size=small"], tmp_path).model
-    for name in ("small_re", "small_real"):
+    for name in ("small_vd", "small_al", "small_re", "small_real"):
         model = compose_cfg([f"experiment={name}"], tmp_path).model
-        assert model.dropout_emb == model.dropout_hidden == model.dropout_out < size.dropout_out
+        assert [model[k] for k in keys] == [size[k] for k in keys], name
         assert compose_cfg([f"experiment={name}", "model.dropout_out=0.4"], tmp_path).model.dropout_out == 0.4
-    for name in ("small_vd", "small_al"):
-        assert compose_cfg([f"experiment={name}"], tmp_path).model.dropout_out == size.dropout_out
 
 
 @pytest.mark.parametrize("trainer,accelerator,precision,strategy", [
