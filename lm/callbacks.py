@@ -84,60 +84,64 @@ class SaveOnStop(pl.Callback):
     """On SIGTERM (a scheduler's preemption notice) or a first Ctrl-C, finish the current step, write
     ``last.ckpt`` and stop, so that ``resume=true`` continues exactly where the run was.
 
-    Lightning turns SIGTERM into ``SIGTERMException`` after the step in progress; Ctrl-C is handled
-    the same way here instead of interrupting a step half-way (a second Ctrl-C stops at once, without
-    saving). Other failures (a non-finite loss included) save nothing, so the last good checkpoint stays.
-    A signal during validation waits for the validation to finish (see ``on_validation_batch_end``).
+    During training both signals are only noted; the run stops at the end of the step in progress
+    (``SIGTERMException`` or ``StopRequested``), or, for a signal during validation, at the end of the
+    next training step, so that the epoch's val/ppl, ``best.ckpt`` and plateau schedule miss nothing.
+    Under DDP the processes agree at every step (one all-reduce of a flag), so all stop after the
+    same step whichever of them got a signal. Lightning's own SIGTERM handler is replaced meanwhile:
+    it broadcasts from inside the handler, once per signal, and rank 0 also forwards SIGTERM to the
+    ranks it started, so a SIGTERM to all of them (``kill -TERM -<pgid>``) hangs the run, as does
+    one to a rank other than 0. A second Ctrl-C stops at once, without saving.
+    Other failures (a non-finite loss included) save nothing, so the last good checkpoint stays.
     """
+
+    _SEVERITY = {None: 0, "Ctrl-C": 1, "SIGTERM": 2}  # processes that disagree stop for the highest
 
     def __init__(self):
         self.requested: str | None = None
-        self._previous_handler = None
-        self._held_sigterm = False
+        self._previous_handlers: dict[int, object] = {}
 
     def on_train_start(self, trainer, pl_module) -> None:
         # Not on_fit_start: Lightning records the signal handlers in between and reinstates them at teardown.
         self.requested = None
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread may set signal handlers (and only it receives signals)
-        previous = signal.getsignal(signal.SIGINT)
-        if previous is signal.SIG_IGN:
-            return  # e.g. a script's background job: SIGINT is not for this process (Python does the same)
-        self._previous_handler = previous
-        signal.signal(signal.SIGINT, self._on_sigint)
+        self._previous_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            # An ignored SIGINT (a script's background job) is not for this process: Python does the same.
+            self._previous_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.requested = "SIGTERM"
+        log.warning("SIGTERM: stopping after this step and writing last.ckpt")
 
     def _on_sigint(self, signum, frame) -> None:
-        self.requested = "Ctrl-C"
+        self.requested = self.requested or "Ctrl-C"
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
         log.warning("Ctrl-C: stopping after this step and writing last.ckpt (press Ctrl-C again to stop now)")
 
-    def _restore_handler(self) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGINT, self._previous_handler)
-            self._previous_handler = None
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            if handler is not None:  # None: set outside Python, cannot be put back from here
+                signal.signal(signum, handler)
+        self._previous_handlers.clear()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.requested:
-            raise StopRequested(self.requested)
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        # Lightning would stop validation at the next batch, and a run resumed from there goes on to the
-        # next epoch without this one's val/ppl: no row in the log, no chance at best.ckpt, a plateau
-        # schedule one step short. Held until validation ends, the signal stops the run after the epoch.
-        if trainer.received_sigterm and not trainer.sanity_checking:
-            trainer._signal_connector.received_sigterm = False
-            self._held_sigterm = True
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if self._held_sigterm:
-            self._held_sigterm = False
-            trainer._signal_connector.received_sigterm = True
+        severity = self._SEVERITY[self.requested]
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([severity], device=pl_module.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            severity = int(flag.item())
+        if severity == self._SEVERITY["SIGTERM"]:
+            raise SIGTERMException
+        if severity == self._SEVERITY["Ctrl-C"]:
+            raise StopRequested("Ctrl-C")
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._restore_handler()
+        self._restore_handlers()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._restore_handler()
+        self._restore_handlers()
         if not isinstance(exception, (SIGTERMException, StopRequested)):
             return
         checkpoint = trainer.checkpoint_callback

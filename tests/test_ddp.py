@@ -1,12 +1,18 @@
 """Two CPU processes (gloo) against one: the same perplexity, the same update, one run folder."""
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import NO_DROPOUT, TINY, run_script
+from conftest import NO_DROPOUT, REPO, TINY, run_script, write_corpus
 from lm.build import close_distributed
 
 DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
@@ -71,6 +77,46 @@ def test_variable_bptt_on_two_processes_equals_one_process(corpus, tmp_path):
     b = _weights(_train(corpus, tmp_path / "ddp", *run, *DDP))
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("target", ["every process", "rank 1 only"])
+def test_sigterm_stops_every_process_after_the_same_step_and_resume_finishes(tmp_path, target):
+    # Lightning's own handler hangs both cases: it broadcasts inside the handler, once per signal received.
+    corpus = write_corpus(tmp_path / "corpus", lines=(3000, 40, 40))  # about 1,000 steps per epoch
+    args = [*TINY, f"data.data_dir={corpus}", *DDP, f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {k: v for k, v in os.environ.items() if k != "PTB_DIR"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *args, "trainer.max_epochs=30"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    if not children.exists():
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.skip("needs /proc/<pid>/task/<pid>/children (Linux) to find rank 1")
+    time.sleep(0.2)  # into epoch 1's training
+    rank1 = [int(pid) for pid in children.read_text().split()]
+    assert len(rank1) == 1, rank1
+    if target == "every process":
+        os.killpg(proc.pid, signal.SIGTERM)  # as `kill -TERM -<pgid>`: rank 0 also forwards it to rank 1
+    else:
+        os.kill(rank1[0], signal.SIGTERM)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail("the DDP run hung after SIGTERM:\n" + stderr[-3000:])
+    assert proc.returncode == 143, stderr[-3000:]
+    steps = re.findall(r"stopped by SIGTERM at epoch \d+, step (\d+)", stderr)
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert steps == [str(saved["global_step"])] * 2, stderr[-3000:]  # both ranks, the step in last.ckpt
+
+    resumed = run_script("train.py", *args, "resume=true", f"trainer.max_epochs={saved['epoch'] + 1}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == saved["epoch"] + 1
 
 
 def test_close_distributed_destroys_the_process_group():

@@ -93,8 +93,8 @@ def test_stop_and_resume_matches_an_unbroken_run(unbroken, tmp_path, signum, exc
         _fit(corpus, tmp_path, SignalAt(stop_step, signum))
     last = tmp_path / "checkpoints" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=False)
-    # SaveOnStop looks for a Ctrl-C before SignalAt sends it within the same step, so it sees it one step later.
-    assert saved["global_step"] == stop_step + (signum == signal.SIGINT)
+    # SaveOnStop looks for a signal before SignalAt sends it within the same step, so it sees it one step later.
+    assert saved["global_step"] == stop_step + 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
 
     trainer, task, val_resumed = _fit(corpus, tmp_path, ckpt_path=str(last))
@@ -110,7 +110,8 @@ def test_sigterm_during_validation_finishes_it_and_resume_loses_no_epoch(unbroke
     with pytest.raises(SIGTERMException):
         _fit(corpus, tmp_path, stopped, SignalInValidation(epoch=1))
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert saved["global_step"] == 2 * per_epoch and len(stopped.val) == 2  # stopped after epoch 1's validation
+    # Stopped at the end of the first step after epoch 1's validation.
+    assert saved["global_step"] == 2 * per_epoch + 1 and len(stopped.val) == 2
     trainer, task, val_resumed = _fit(corpus, tmp_path, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
     assert stopped.val + val_resumed == pytest.approx(val_unbroken, rel=1e-4)  # every epoch's val/ppl, once
     best = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
@@ -276,7 +277,7 @@ def test_variable_bptt_resumes_mid_epoch_in_the_same_windows(corpus, tmp_path):
     resumed_lengths = WindowLengths()
     _, task_resumed, val_resumed = _fit(corpus, tmp_path / "broken", resumed_lengths, overrides=variable,
                                         ckpt_path=str(tmp_path / "broken" / "checkpoints" / "last.ckpt"))
-    assert resumed_lengths.lengths == straight_lengths.lengths[stop:]
+    assert resumed_lengths.lengths == straight_lengths.lengths[stop + 1:]  # signalled in step `stop`, seen in the next
     assert val_resumed[-1] == pytest.approx(val_straight[-1], rel=1e-4)
     for name, value in _params(task_resumed).items():
         torch.testing.assert_close(value, _params(task)[name], rtol=1e-4, atol=1e-6, msg=name)
@@ -296,11 +297,14 @@ def test_wall_time_carries_over_from_the_checkpoint():
 def test_an_ignored_sigint_stays_ignored():
     # A script's background jobs (cmd & in a non-interactive shell) start with SIGINT ignored; keep it so.
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sigterm_before = signal.getsignal(signal.SIGTERM)
     try:
         callback = SaveOnStop()
         callback.on_train_start(None, None)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == callback._on_sigterm  # SIGTERM is taken all the same
         callback.on_train_end(None, None)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is sigterm_before
     finally:
         signal.signal(signal.SIGINT, before)
