@@ -173,6 +173,40 @@ def markdown_table(runs: list[Run]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def repeat_groups(runs: list[Run]) -> list[list[Run]]:
+    """Finished runs that differ in nothing but their seed (same size, variant, alpha and settings), in
+    groups of two or more: how far such runs spread says which differences in the table are noise."""
+    groups = defaultdict(list)
+    for r in runs:
+        if r.finished and r.metrics.get("test/ppl") is not None:
+            alpha = r.metrics.get("alpha") if r.variant in ("AL", "REAL") else None
+            groups[(r.size, r.variant, alpha, _settings(r, ("seed",)))].append(r)
+    return [group for group in groups.values() if len(group) >= 2]
+
+
+def repeats_table(runs: list[Run]) -> str:
+    """Mean and range of best val/ppl and test/ppl over each group of repeat_groups; "" if there is none."""
+    groups = sorted(repeat_groups(runs), key=lambda g: (g[0].size, ORDER.index(g[0].variant)
+                                                         if g[0].variant in ORDER else 9, str(g[0].path)))
+    if not groups:
+        return ""
+    lines = [
+        "| variant | size | alpha | settings (apart from the seed) | runs | best val/ppl: mean (min to max) | "
+        "test/ppl: mean (min to max) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for group in groups:
+        first = group[0]
+        cells = []
+        for key in ("val/ppl", "test/ppl"):
+            values = [r.metrics[key] for r in group]
+            cells.append(f"{_fmt(sum(values) / len(values), 2)} ({_fmt(min(values), 2)} to {_fmt(max(values), 2)})")
+        settings = " ".join(f"`{o}`" for o in _settings(first, ("seed",))) or "-"
+        alpha = first.metrics.get("alpha") if first.variant in ("AL", "REAL") else "-"
+        lines.append(f"| {first.variant} | {first.size} | {alpha} | {settings} | {len(group)} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
 def _pyplot():
     import matplotlib  # the [report] extra; imported here so that the table needs no matplotlib
 

@@ -2,9 +2,10 @@
 Runs still training, or stopped to be resumed, appear with the epochs they have validated.
 
     python scripts/report.py logs/reproduce/small [logs/multiruns/...] --out reports/small
-writes <out>/table.md, <out>/val_curves.png and, for runs that differ in alpha, <out>/alpha.png
-(the PNGs need matplotlib: pip install -e ".[report]"), and the same two plots as text charts
-(val_curves.txt, alpha.txt) for places that show only text, such as the README.
+writes <out>/table.md (below it the mean and range of runs that differ only in their seed),
+<out>/val_curves.png and, for runs that differ in alpha, <out>/alpha.png (the PNGs need matplotlib:
+pip install -e ".[report]"), and the same two plots as text charts (val_curves.txt, alpha.txt) for
+places that show only text, such as the README.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lm.report import alpha_sweep_text, find_runs, markdown_table, plot_alpha_sweep, plot_val_curves, val_curves_text
+from lm.report import (alpha_sweep_text, find_runs, markdown_table, plot_alpha_sweep, plot_val_curves,
+                       repeats_table, val_curves_text)
 
 
 def main() -> None:
@@ -28,6 +30,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(runs)
+    repeats = repeats_table(runs)
+    if repeats:
+        table += "\nRuns that differ only in their seed, together:\n\n" + repeats
     (out / "table.md").write_text(table)
     print(table)
     for name, chart in (("val_curves.txt", val_curves_text(runs)), ("alpha.txt", alpha_sweep_text(runs))):

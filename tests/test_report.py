@@ -174,3 +174,23 @@ def test_settings_are_how_a_run_differs_from_its_preset_as_composed_today(tmp_pa
     assert _settings(runs["seed"]) == ("seed=7",)
     # A preset that no longer composes: the command-line overrides, as before.
     assert _settings(runs["renamed"]) == ("model.dropout_out=0.4",)
+
+
+def test_runs_that_differ_only_in_their_seed_are_summarised_together(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_run(runs / "re", "tied", "ce", 87.0, curve=(300.0, 91.0), overrides=("experiment=small_re",))
+    _fake_run(runs / "re_seed2", "tied", "ce", 86.0, curve=(300.0, 92.0), overrides=("experiment=small_re", "seed=2"))
+    _fake_run(runs / "re_seed3", "tied", "ce", 88.5, curve=(300.0, 90.0), overrides=("experiment=small_re", "seed=3"))
+    _fake_run(runs / "re_d25", "tied", "ce", 80.0, overrides=("experiment=small_re", "seed=2", "model.dropout_out=0.25"))
+    _fake_run(runs / "real", "tied", "augmented", 87.5, alpha=0.1, overrides=("experiment=small_real",))
+    _fake_run(runs / "real_a03", "tied", "augmented", 87.2, alpha=0.3, overrides=("experiment=small_real",))  # not a repeat
+    _unfinished_run(runs / "real_seed2", [(0, 300.0)])  # no test/ppl yet: not counted
+    result = run_script("report.py", str(runs), "--out", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "report" / "table.md").read_text()
+    repeats = table.split("Runs that differ only in their seed")[1].splitlines()[4:]  # below its header
+    assert repeats == ["| RE | small | - | - | 3 | 91.00 (90.00 to 92.00) | 87.17 (86.00 to 88.50) |"]
+
+    _fake_run(tmp_path / "alone" / "re", "tied", "ce", 87.0)
+    result = run_script("report.py", str(tmp_path / "alone"), "--out", str(tmp_path / "report_alone"))
+    assert "seed" not in (tmp_path / "report_alone" / "table.md").read_text()  # nothing to summarise
