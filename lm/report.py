@@ -150,8 +150,12 @@ def _fmt(x, digits=1) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{digits}f}"
 
 
+def _table_order(r: Run) -> tuple:
+    return r.size, ORDER.index(r.variant) if r.variant in ORDER else 9, str(r.path)
+
+
 def markdown_table(runs: list[Run]) -> str:
-    runs = sorted(runs, key=lambda r: (r.size, ORDER.index(r.variant) if r.variant in ORDER else 9, str(r.path)))
+    runs = sorted(runs, key=_table_order)
     lines = [
         "| variant | size | alpha | params | epochs | best val/ppl | test/ppl | paper test | difference | wall (h) | "
         "settings | run |",
@@ -186,8 +190,7 @@ def repeat_groups(runs: list[Run]) -> list[list[Run]]:
 
 def repeats_table(runs: list[Run]) -> str:
     """Mean and range of best val/ppl and test/ppl over each group of repeat_groups; "" if there is none."""
-    groups = sorted(repeat_groups(runs), key=lambda g: (g[0].size, ORDER.index(g[0].variant)
-                                                         if g[0].variant in ORDER else 9, str(g[0].path)))
+    groups = sorted(repeat_groups(runs), key=lambda group: _table_order(group[0]))
     if not groups:
         return ""
     lines = [
