@@ -46,9 +46,13 @@ class Run:
         return self.metrics.get("size") or "?"
 
     @property
+    def alpha(self) -> float | None:
+        """The augmented loss's alpha; None for the cross-entropy variants (VD, RE)."""
+        return self.metrics.get("alpha") if self.variant in ("AL", "REAL") else None
+
+    @property
     def label(self) -> str:
-        alpha = self.metrics.get("alpha")
-        return f"{self.size} {self.variant}" + (f" alpha={alpha}" if self.variant in ("AL", "REAL") else "")
+        return f"{self.size} {self.variant}" + (f" alpha={self.alpha}" if self.alpha is not None else "")
 
 
 def find_runs(paths: list[str | Path]) -> list[Run]:
@@ -169,7 +173,7 @@ def markdown_table(runs: list[Run]) -> str:
         wall = m.get("wall_s")
         settings = " ".join(f"`{o}`" for o in _settings(r)) or "-"
         lines.append(
-            f"| {r.variant} | {r.size} | {m.get('alpha') if r.variant in ('AL', 'REAL') else '-'} | "
+            f"| {r.variant} | {r.size} | {'-' if r.alpha is None else r.alpha} | "
             f"{_fmt(m.get('params'), 0)} | {epochs} | {_fmt(m.get('val/ppl'))} | {_fmt(m.get('test/ppl'))} | "
             f"{_fmt(paper)} | {'-' if diff is None else f'{diff:+.1f}'} | {_fmt(None if wall is None else wall / 3600, 2)} | "
             f"{settings} | `{r.path}` |"
@@ -183,8 +187,7 @@ def repeat_groups(runs: list[Run]) -> list[list[Run]]:
     groups = defaultdict(list)
     for r in runs:
         if r.finished and r.metrics.get("test/ppl") is not None:
-            alpha = r.metrics.get("alpha") if r.variant in ("AL", "REAL") else None
-            groups[(r.size, r.variant, alpha, _settings(r, ("seed",)))].append(r)
+            groups[(r.size, r.variant, r.alpha, _settings(r, ("seed",)))].append(r)
     return [group for group in groups.values() if len(group) >= 2]
 
 
@@ -205,7 +208,7 @@ def repeats_table(runs: list[Run]) -> str:
             values = [r.metrics[key] for r in group]
             cells.append(f"{_fmt(sum(values) / len(values), 2)} ({_fmt(min(values), 2)} to {_fmt(max(values), 2)})")
         settings = " ".join(f"`{o}`" for o in _settings(first, ("seed",))) or "-"
-        alpha = first.metrics.get("alpha") if first.variant in ("AL", "REAL") else "-"
+        alpha = "-" if first.alpha is None else first.alpha
         lines.append(f"| {first.variant} | {first.size} | {alpha} | {settings} | {len(group)} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
@@ -315,8 +318,8 @@ def alpha_points(runs: list[Run]) -> dict[str, list[tuple[float, Run]]]:
     finished = [r for r in runs if r.finished and r.metrics.get("test/ppl") is not None]
     groups = defaultdict(list)
     for r in finished:
-        if r.variant in ("AL", "REAL") and r.metrics.get("alpha") is not None:
-            groups[(r.size, r.variant, _settings(r, ("loss.alpha",)))].append((float(r.metrics["alpha"]), r))
+        if r.alpha is not None:
+            groups[(r.size, r.variant, _settings(r, ("loss.alpha",)))].append((float(r.alpha), r))
     groups = {k: v for k, v in groups.items() if len({a for a, _ in v}) >= 2}
     with_ce = {"VD": "AL", "RE": "REAL"}
     for (size, variant, _), points in groups.items():
