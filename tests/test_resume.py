@@ -308,3 +308,4 @@ def test_an_ignored_sigint_stays_ignored():
         assert signal.getsignal(signal.SIGTERM) is sigterm_before
     finally:
         signal.signal(signal.SIGINT, before)
+        signal.signal(signal.SIGTERM, sigterm_before)
