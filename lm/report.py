@@ -38,6 +38,11 @@ class Run:
         return not self.metrics.get("unfinished", False)
 
     @property
+    def tested(self) -> bool:
+        """Finished, with a test perplexity: what sweeps and repeats compare."""
+        return self.finished and self.metrics.get("test/ppl") is not None
+
+    @property
     def variant(self) -> str:
         return VARIANTS.get((self.metrics.get("model"), self.metrics.get("loss")), "?")
 
@@ -186,7 +191,7 @@ def repeat_groups(runs: list[Run]) -> list[list[Run]]:
     groups of two or more: how far such runs spread says which differences in the table are noise."""
     groups = defaultdict(list)
     for r in runs:
-        if r.finished and r.metrics.get("test/ppl") is not None:
+        if r.tested:
             groups[(r.size, r.variant, r.alpha, _settings(r, ("seed",)))].append(r)
     return [group for group in groups.values() if len(group) >= 2]
 
@@ -315,7 +320,7 @@ def alpha_points(runs: list[Run]) -> dict[str, list[tuple[float, Run]]]:
     overrides apart from the loss and alpha schedule, that ran as many epochs is the point alpha = 0:
     the augmented loss with alpha 0 is cross-entropy.
     """
-    finished = [r for r in runs if r.finished and r.metrics.get("test/ppl") is not None]
+    finished = [r for r in runs if r.tested]
     groups = defaultdict(list)
     for r in finished:
         if r.alpha is not None:
