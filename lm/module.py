@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from lm.analysis import subspace_distance
+from lm.analysis import subspace_distance, target_spread
 from lm.errors import ConfigError, UserError
 from lm.losses import AugmentedLoss
 from lm.metrics import Perplexity
@@ -106,6 +106,8 @@ class LanguageModelTask(pl.LightningModule):
         self._resumed: dict | None = None  # what on_load_checkpoint read, applied in on_train_start
         self._windows_done = 0  # training windows finished in the current epoch
         self._unchecked_loss: tuple[torch.Tensor, int, int] | None = None
+        self._tau_in_force: float | None = None  # tau of the latest training step
+        self._val_word_counts: torch.Tensor | None = None  # (V,) this validation's target words
 
     # -- state carried across windows --------------------------------------------------------
     def _state(self, stage: str, batch_size: int) -> Hidden:
@@ -144,6 +146,7 @@ class LanguageModelTask(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._hidden["val"] = None
         self.val_ppl.reset()
+        self._val_word_counts = None
 
     def on_test_epoch_start(self) -> None:
         self._hidden["test"] = None
@@ -169,6 +172,7 @@ class LanguageModelTask(pl.LightningModule):
         logits, hidden = self.model(x, self._state("train", x.size(1)))
         self._hidden["train"] = detach_hidden(hidden)
         alpha, tau = self.current_alpha(batch_idx), self.current_tau(batch_idx)
+        self._tau_in_force = getattr(self.loss, "tau", None) if tau is None else tau
         out = self.loss(logits.view(-1, logits.size(-1)), y.reshape(-1), self.model.embedding.weight, alpha,
                         step=self.global_step, tau=tau)
         if self._logging_step():
@@ -178,7 +182,7 @@ class LanguageModelTask(pl.LightningModule):
             if getattr(self.loss, "uses_alpha", False):
                 self.log("train/kl", out.kl, batch_size=n)
                 self.log("alpha", alpha, batch_size=n)
-                self.log("tau", self.loss.tau if tau is None else tau, batch_size=n)
+                self.log("tau", self._tau_in_force, batch_size=n)
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         self._check_finite(out.total.detach(), batch_idx)
         self._windows_done = batch_idx + 1
@@ -228,12 +232,24 @@ class LanguageModelTask(pl.LightningModule):
         self._hidden[stage] = hidden
         ce = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.reshape(-1))
         metric.update(ce, y.numel())
+        if stage == "val" and self._tau_in_force is not None:
+            counts = torch.bincount(y.reshape(-1), minlength=logits.size(-1))
+            self._val_word_counts = counts if self._val_word_counts is None else self._val_word_counts + counts
 
     def on_validation_epoch_end(self) -> None:
-        if not self.model.tie_weights and not self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:
+            return
+        if not self.model.tie_weights:
             # Section 6.2 of the paper: the augmented loss pulls W toward the span of L.
             distance = subspace_distance(self.model.decoder.weight, self.model.embedding.weight)
             self.log("subspace_distance", distance, on_epoch=True, sync_dist=False)
+        if self._val_word_counts is not None:
+            # Where the augmented term's target y~ puts its mass at the tau in force: mostly on the
+            # true word, it repeats cross-entropy (what the tied embedding drifts to at tau 1).
+            counts = self.trainer.strategy.reduce(self._val_word_counts, reduce_op="sum")  # DDP: every shard
+            spread = target_spread(self.model.embedding.weight, counts, self._tau_in_force)
+            for key, value in spread.items():
+                self.log(f"target/{key}", value, on_epoch=True, sync_dist=False)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step("val", self.val_ppl, batch)

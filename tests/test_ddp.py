@@ -1,5 +1,6 @@
 """Two CPU processes (gloo) against one: the same perplexity, the same update, one run folder."""
 
+import csv
 import json
 import os
 import re
@@ -44,6 +45,11 @@ def test_one_step_on_two_processes_equals_one_process_with_all_streams(corpus, t
     # The same step with lr 0 leaves the initial weights: the step moved them, so the match says something.
     initial = _weights(_train(corpus, tmp_path / "zero", *one_step, "optim.optimizer.lr=0"))
     assert any(not torch.equal(a[n], w) for n, w in initial.items())
+
+    # Where y~ puts its mass, over the validation words of both processes' shards together.
+    spread = [[r["target/self"] for r in csv.DictReader((d / "csv" / "metrics.csv").open()) if r.get("target/self")]
+              for d in (single, ddp)]
+    assert len(spread[0]) == 1 and float(spread[1][0]) == pytest.approx(float(spread[0][0]), rel=1e-5)
 
     assert [p.relative_to(ddp) for p in ddp.rglob("metrics.json")] == [Path("metrics.json")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "ddp", "single", "zero"]

@@ -177,6 +177,29 @@ def test_tau_follows_its_schedule_and_reaches_the_loss(corpus, tmp_path):
     assert float(trainer.logged_metrics["tau"]) == pytest.approx(1.625)
 
 
+def test_target_spread_is_logged_over_the_validation_words_at_the_tau_of_the_last_step(corpus, tmp_path):
+    from lm.analysis import target_spread
+
+    _, dm, task, trainer = build(
+        corpus, tmp_path, "loss=augmented", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+        "tau_schedule=linear", "tau_schedule.start=0.5", "loss.tau=2.0", "tau_schedule.length=4",
+        "tau_schedule.unit=step",
+    )
+    trainer.fit(task, datamodule=dm)
+    counts = sum(torch.bincount(y.reshape(-1), minlength=dm.vocab_size) for _, y in dm.val_dataloader())
+    last_tau = 0.5 + 1.5 * 2 / 4  # global step 2 of the ramp
+    expected = target_spread(task.model.embedding.weight, counts, last_tau)
+    for key, value in expected.items():
+        assert float(trainer.logged_metrics[f"target/{key}"]) == pytest.approx(value, rel=1e-5), key
+    # The tau matters: loss.tau (the ramp's end) gives another spread.
+    assert target_spread(task.model.embedding.weight, counts, 2.0)["self"] != pytest.approx(expected["self"], rel=1e-3)
+
+    _, dm, task, trainer = build(corpus, tmp_path / "ce", "loss=ce", "trainer.max_epochs=1",
+                                 "trainer.limit_train_batches=2")
+    trainer.fit(task, datamodule=dm)
+    assert "val/ppl" in trainer.logged_metrics and "target/self" not in trainer.logged_metrics  # no y~ to describe
+
+
 def test_tau_schedule_must_stay_positive(corpus, tmp_path):
     from lm.errors import ConfigError
 

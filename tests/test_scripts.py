@@ -29,6 +29,7 @@ def test_train_writes_metrics_and_evaluate_reproduces_them(corpus, tmp_path):
     assert (run_dir / "vocab.txt").is_file() and (run_dir / "csv" / "metrics.csv").is_file()
     header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "subspace_distance" in header  # the paper's W-to-span(L) distance, logged for untied models
+    assert {"target/self", "target/near", "target/entropy"} <= set(header.split(","))  # where y~ puts its mass
 
     evaluated = run_script("evaluate.py", *TINY, f"data.data_dir={corpus}", "model=untied",
                            f"ckpt_path={best}", f"hydra.run.dir={tmp_path / 'eval'}")
