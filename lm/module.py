@@ -13,7 +13,7 @@ from lm.errors import ConfigError, UserError
 from lm.losses import AugmentedLoss
 from lm.metrics import Perplexity
 from lm.model import Hidden, LSTMLanguageModel, detach_hidden
-from lm.schedules import Constant, Schedule, lr_decay_factor
+from lm.schedules import Constant, HeldPlateau, Schedule, lr_decay_factor
 
 LR_SCHEDULES = ("decay", "plateau", "none")
 
@@ -44,7 +44,7 @@ class LanguageModelTask(pl.LightningModule):
 
     lr_schedule: ``kind: decay`` multiplies the learning rate by ``decay_factor`` every epoch after
     ``after_epoch`` epochs; ``kind: plateau`` multiplies it by ``plateau_factor`` whenever val/ppl did
-    not improve; ``kind: none`` keeps it constant.
+    not improve, ignoring the val/ppl of the first ``plateau_hold`` epochs; ``kind: none`` keeps it constant.
 
     sum_over_time: the objective is summed over the window's time steps and averaged over the
     batch, as in Zaremba et al. (2014) and the paper's setup, so that lr 1 and clipping at 5 mean
@@ -272,8 +272,9 @@ class LanguageModelTask(pl.LightningModule):
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_decay_factor(e, factor, after))
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
         if kind == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="min", factor=self.lr_schedule["plateau_factor"], patience=0
+            scheduler = HeldPlateau(
+                optimizer, hold_epochs=self.lr_schedule.get("plateau_hold", 0), mode="min",
+                factor=self.lr_schedule["plateau_factor"], patience=0,
             )
             return {
                 "optimizer": optimizer,

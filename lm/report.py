@@ -82,6 +82,9 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
 # Keys that say where a run reads and writes, or how it shows progress, not what it trains.
 _NOT_TRAINING = ("paths.", "resume", "ckpt_path", "data.data_dir", "data.download", "data.url", "data.sha256",
                  "callbacks.progress_bar.", "logger.")
+# Keys added to the configs later, with the value that does what runs from before them did: a run
+# without the key is not set apart from today's preset for lacking it.
+_BEFORE_ADDED = {"optim.lr_schedule.plateau_hold": 0}
 
 
 def _add_preset_diffs(runs: list[Run]) -> None:
@@ -109,6 +112,7 @@ def _preset_diff(folder: Path, compose) -> tuple[str, ...] | None:
     except (HydraException, OmegaConfBaseException):  # e.g. a preset renamed since the run
         return None
     ran, now = _flat(OmegaConf.to_container(OmegaConf.load(config), resolve=False)), _flat(today)
+    ran = {**{k: v for k, v in _BEFORE_ADDED.items() if k in now}, **ran}
     absent = object()
     return tuple(
         f"{key}={_show(ran[key]) if key in ran else '(absent)'}"

@@ -1,4 +1,4 @@
-"""Schedules for scalar loss weights (alpha) and the learning-rate decay.
+"""Schedules for scalar loss weights (alpha) and the learning rate.
 
 A weight schedule maps training progress to a value. Progress is counted in ``unit``: "epoch"
 (fractional: 2.5 is half-way through the third epoch) or "step" (optimizer steps).
@@ -7,6 +7,8 @@ A weight schedule maps training progress to a value. Progress is counted in ``un
 from __future__ import annotations
 
 import math
+
+import torch
 
 from lm.errors import ConfigError
 
@@ -67,3 +69,23 @@ def lr_decay_factor(epoch: int, factor: float, after_epoch: int) -> float:
     """Learning-rate multiplier in (0-based) ``epoch``: 1 for the first ``after_epoch`` epochs,
     then multiplied by ``factor`` once per epoch (Zaremba et al. 2014)."""
     return factor ** max(0, epoch + 1 - after_epoch)
+
+
+class HeldPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """``ReduceLROnPlateau`` that ignores the first ``hold_epochs`` validations, which also do not
+    count as the best so far. While a tau or alpha schedule is still ramping, the objective itself
+    moves, and a rise in val/ppl says nothing about the learning rate: counted, such rises cut the
+    rate of small REAL with tau rising over 20 epochs to 1e-9 by epoch 28 (README)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, hold_epochs: int = 0, **kwargs):
+        if not isinstance(hold_epochs, int) or hold_epochs < 0:
+            raise ConfigError(f"optim.lr_schedule.plateau_hold must be an integer >= 0, got {hold_epochs!r}.")
+        super().__init__(optimizer, **kwargs)
+        self.hold_epochs = hold_epochs
+        self.held = 0  # in state_dict(), with the rest of __dict__, so a resumed run keeps its count
+
+    def step(self, metrics, epoch=None) -> None:
+        if self.held < self.hold_epochs:
+            self.held += 1
+            return
+        super().step(metrics)

@@ -7,6 +7,7 @@ import torch
 
 from conftest import TINY, compose_cfg
 from lm.build import build_datamodule, build_task, build_trainer
+from lm.errors import ConfigError
 from lm.metrics import Perplexity
 
 
@@ -227,3 +228,21 @@ def test_variable_windows_weigh_the_loss_by_their_length(corpus, tmp_path, sum_o
     for length, returned, per_token in seen:
         factor = length if sum_over_time else length / 8  # data.bptt=8 in TINY: AWD-LSTM's lr * L / bptt
         assert returned == pytest.approx(per_token * factor, rel=1e-5)
+
+
+def test_plateau_hold_ignores_the_first_epochs_and_survives_a_resume():
+    from lm.schedules import HeldPlateau
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = HeldPlateau(optimizer, hold_epochs=2, mode="min", factor=0.25, patience=0)
+    scheduler.step(1.0)
+    scheduler.step(5.0)  # worse, but held: the objective may still be ramping
+    assert optimizer.param_groups[0]["lr"] == 1.0
+    resumed = HeldPlateau(optimizer, hold_epochs=2, mode="min", factor=0.25, patience=0)
+    resumed.load_state_dict(scheduler.state_dict())
+    resumed.step(3.0)  # first counted epoch: the best so far, though worse than the held 1.0
+    assert optimizer.param_groups[0]["lr"] == 1.0
+    resumed.step(4.0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25)
+    with pytest.raises(ConfigError, match="plateau_hold"):
+        HeldPlateau(optimizer, hold_epochs=-1)

@@ -161,17 +161,23 @@ def test_settings_are_how_a_run_differs_from_its_preset_as_composed_today(tmp_pa
     def since_then(cfg):  # the preset was changed after the run, and the run predates dropout_recurrent
         cfg.model.dropout_emb = 0.45
         del cfg.model["dropout_recurrent"]
+        del cfg.optim.lr_schedule["plateau_hold"]  # added later, and its default does what runs did before
+
+    def held(cfg):  # a later run that did set it
+        cfg.optim.lr_schedule.plateau_hold = 20
 
     # An override equal to today's preset and one that only says where the data is: neither sets it apart.
     _run_with_config(tmp_path / "old", ["experiment=small_re", f"model.dropout_words={words}",
                                         "data.data_dir=/Data/PTB", "resume=true"], since_then)
     _run_with_config(tmp_path / "seed", ["experiment=small_re", "seed=7"])
+    _run_with_config(tmp_path / "held", ["experiment=small_re"], held)
     _run_with_config(tmp_path / "renamed", ["experiment=small_re", "model.dropout_out=0.4"])
     (tmp_path / "renamed" / ".hydra" / "overrides.yaml").write_text(
         OmegaConf.to_yaml(["experiment=no_such_preset", "model.dropout_out=0.4"]))
     runs = {r.path.name: r for r in find_runs([tmp_path])}
     assert _settings(runs["old"]) == ("model.dropout_emb=0.45", "model.dropout_recurrent=(absent)")
     assert _settings(runs["seed"]) == ("seed=7",)
+    assert _settings(runs["held"]) == ("optim.lr_schedule.plateau_hold=20",)
     # A preset that no longer composes: the command-line overrides, as before.
     assert _settings(runs["renamed"]) == ("model.dropout_out=0.4",)
 
