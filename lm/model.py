@@ -8,8 +8,12 @@ Dropout, all off by default (``conf/size/*.yaml`` sets the rates; only small set
 - ``dropout_words``: whole words, as Gal & Ghahramani's embedding dropout: a dropped word's vector is
   zero at every occurrence in the batch;
 - ``dropout_recurrent``: on the recurrent weights W_hh of each layer (DropConnect, one mask per
-  batch, so every step of the sequence sees the same dropped connections). Dropping h_{t-1}'s units
-  as Gal & Ghahramani do would need a Python loop over time; a mask on W_hh keeps cuDNN's fused LSTM.
+  batch, so every step of the sequence sees the same dropped connections); keeps cuDNN's fused LSTM;
+- ``dropout_state``: the paper's form (its Appendix A). One mask per sequence and unit on each layer's
+  output h_t, applied both where h_t is carried to the layer's next step and where it feeds the next
+  layer or the classifier. nn.LSTM cannot mask its own recurrent state, so training with it runs
+  ``masked_lstm``, a loop over time with the four gates fused in one matmul; evaluation (no mask)
+  keeps nn.LSTM. The parameters are nn.LSTM's either way, so checkpoints move between the two forms.
 """
 
 from __future__ import annotations
@@ -40,6 +44,30 @@ class LockedDropout(nn.Module):
         return x * mask
 
 
+def masked_lstm(
+    x: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    mask: torch.Tensor,
+    w_ih: torch.Tensor,
+    w_hh: torch.Tensor,
+    bias: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An LSTM layer whose output h_t is multiplied by ``mask`` (B, H) where it feeds the next step and
+    where it leaves the layer. x (T, B, d); h, c (B, H) carried in unmasked; returns the masked outputs
+    (T, B, H) and the unmasked final (h, c), which the next window masks with its own draw.
+    Gate order and parameters are nn.LSTM's (i, f, g, o); with a mask of ones it is nn.LSTM."""
+    x_gates = torch.addmm(bias, x.reshape(-1, x.size(-1)), w_ih.t()).view(x.size(0), x.size(1), -1)
+    outputs = []
+    for t in range(x.size(0)):  # the only sequential part: one (B, H) x (H, 4H) matmul per step
+        gates = torch.addmm(x_gates[t], h * mask, w_hh.t())
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return torch.stack(outputs) * mask, h, c
+
+
 class LSTMLanguageModel(nn.Module):
     """Stacked LSTM language model; ``tie_weights`` makes the classifier reuse the embedding (RE).
 
@@ -58,6 +86,7 @@ class LSTMLanguageModel(nn.Module):
         dropout_out: float = 0.0,
         dropout_words: float = 0.0,
         dropout_recurrent: float = 0.0,
+        dropout_state: float = 0.0,
         init_range: float = 0.1,
         tie_weights: bool = False,
         output_bias: bool = True,
@@ -71,7 +100,8 @@ class LSTMLanguageModel(nn.Module):
         if num_layers < 1 or emb_size < 1 or hidden_size < 1:
             raise ConfigError("model.num_layers, model.emb_size and model.hidden_size must be positive.")
         rates = dict(dropout_emb=dropout_emb, dropout_hidden=dropout_hidden, dropout_out=dropout_out,
-                     dropout_words=dropout_words, dropout_recurrent=dropout_recurrent)
+                     dropout_words=dropout_words, dropout_recurrent=dropout_recurrent,
+                     dropout_state=dropout_state)
         for name, p in rates.items():
             if not 0.0 <= p < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {p}.")
@@ -80,6 +110,11 @@ class LSTMLanguageModel(nn.Module):
         self.tie_weights = tie_weights
         self.dropout_words = dropout_words
         self.dropout_recurrent = dropout_recurrent
+        self.dropout_state = dropout_state
+        if dropout_state > 0 and dropout_recurrent > 0:
+            raise ConfigError(
+                "model.dropout_state and model.dropout_recurrent both drop the recurrent path; set one of them to 0."
+            )
 
         self.embedding = nn.Embedding(vocab_size, emb_size)
         sizes = [emb_size] + [hidden_size] * num_layers
@@ -116,7 +151,15 @@ class LSTMLanguageModel(nn.Module):
         return x
 
     def run_layer(self, lstm: nn.LSTM, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-        """One LSTM layer over the window; with recurrent dropout, on a masked copy of W_hh."""
+        """One LSTM layer over the window; with recurrent dropout, on a masked copy of W_hh; with state
+        dropout, through ``masked_lstm`` with one mask for the window."""
+        if self.training and self.dropout_state > 0:
+            h, c = state[0][0], state[1][0]
+            keep = 1.0 - self.dropout_state
+            mask = h.new_empty(h.shape).bernoulli_(keep) / keep
+            out, h, c = masked_lstm(x, h, c, mask, lstm.weight_ih_l0, lstm.weight_hh_l0,
+                                    lstm.bias_ih_l0 + lstm.bias_hh_l0)
+            return out, (h.unsqueeze(0), c.unsqueeze(0))
         if not (self.training and self.dropout_recurrent > 0):
             return lstm(x, state)
         # The Parameter stays untouched (the optimizer steps it); its gradient is the masked one.

@@ -3,6 +3,7 @@
     python scripts/train.py model=tied loss=augmented
     python scripts/train.py -m loss.alpha=0.1,0.5,1.0
     python scripts/train.py [same overrides] hydra.run.dir=logs/runs/<run> resume=true   # continue a run
+    python scripts/train.py [same overrides] init_from=<run>/checkpoints/last.ckpt      # a second training run
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from lm.allocator import keep_freed_memory
 from lm.build import build_datamodule, build_task, build_trainer, close_distributed
 from lm.callbacks import StopRequested, TrainThroughput
-from lm.checkpoint import check_compatible, load_checkpoint
+from lm.checkpoint import check_compatible, load_checkpoint, model_state
 from lm.cli import report_user_errors
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,17 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(cfg.paths.output_dir)
     datamodule = build_datamodule(cfg)
     resume = _resume_from(cfg, run_dir)
-    task = build_task(cfg, datamodule, from_checkpoint=resume is not None)
+    init_from = cfg.get("init_from") if resume is None else None  # a resumed stage-2 run has its own weights
+    task = build_task(cfg, datamodule, from_checkpoint=resume is not None or init_from is not None)
     trainer = build_trainer(cfg)
     if resume is not None:  # fail here, in one line, rather than inside Lightning
         check_compatible(load_checkpoint(resume), resume, task.model, datamodule.vocab.itos)
         log.info("resuming from %s", resume)
+    elif init_from is not None:  # weights only: optimizer, schedules and epochs start afresh
+        source = load_checkpoint(init_from)
+        check_compatible(source, init_from, task.model, datamodule.vocab.itos)
+        task.model.load_state_dict(model_state(source))
+        log.info("starting from the weights of %s", init_from)
     if trainer.is_global_zero:
         datamodule.vocab.save(run_dir / "vocab.txt")
 
@@ -93,6 +100,7 @@ def main(cfg: DictConfig) -> float:
         "loss": HydraConfig.get().runtime.choices.get("loss"),
         "alpha": cfg.loss.get("alpha"),
         "tau": cfg.loss.get("tau"),
+        "init_from": cfg.get("init_from"),
         "best_checkpoint": best,
         # Across resumes: the time recorded in the checkpoint, plus this process's.
         "wall_s": round(earlier_wall_s + time.time() - start, 1),
