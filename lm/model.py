@@ -2,7 +2,8 @@
 
 Shapes are time-major, as cuDNN prefers: tokens (T, B) -> embeddings (T, B, d) -> logits (T, B, V).
 
-Dropout, all off by default (``conf/size/*.yaml`` sets the rates; only small sets the last two):
+Dropout, all off by default (``conf/size/*.yaml`` sets the paper's ``dropout_state``; the
+``tuned_small_*`` presets use the others instead):
 - ``dropout_emb``, ``dropout_hidden``, ``dropout_out``: locked (variational) masks on the inputs and
   outputs of each LSTM layer, the paper's VD-LSTM;
 - ``dropout_words``: whole words, as Gal & Ghahramani's embedding dropout: a dropped word's vector is

@@ -56,8 +56,14 @@ class Run:
         return self.metrics.get("alpha") if self.variant in ("AL", "REAL") else None
 
     @property
+    def stage(self) -> int:
+        """2 for a run started from another run's weights (init_from: the paper's second training run), else 1."""
+        return 2 if self.metrics.get("init_from") else 1
+
+    @property
     def label(self) -> str:
-        return f"{self.size} {self.variant}" + (f" alpha={self.alpha}" if self.alpha is not None else "")
+        stage = " stage 2" if self.stage == 2 else ""
+        return f"{self.size} {self.variant}{stage}" + (f" alpha={self.alpha}" if self.alpha is not None else "")
 
 
 def find_runs(paths: list[str | Path]) -> list[Run]:
@@ -80,7 +86,8 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
 
 
 # Keys that say where a run reads and writes, or how it shows progress, not what it trains.
-_NOT_TRAINING = ("paths.", "resume", "ckpt_path", "data.data_dir", "data.download", "data.url", "data.sha256",
+# A stage-2 run's init_from is a path; the table's stage column says what it trains.
+_NOT_TRAINING = ("paths.", "resume", "ckpt_path", "init_from", "data.data_dir", "data.download", "data.url", "data.sha256",
                  "callbacks.progress_bar.", "logger.")
 # Keys added to the configs later, with the value that does what runs from before them did: a run
 # without the key is not set apart from today's preset for lacking it.
@@ -146,7 +153,8 @@ def _unfinished_metrics(folder: Path, curve: list[tuple[int, float]]) -> dict:
         "val/ppl": min(p for _, p in curve), "test/ppl": None, "epochs": len(curve), "params": None,
         "model": choices.get("model"), "size": choices.get("size"), "loss": choices.get("loss"),
         "alpha": cfg.loss.get("alpha"), "tau": cfg.loss.get("tau"), "wall_s": None,
-        "max_epochs": cfg.trainer.get("max_epochs"), "overrides": overrides, "unfinished": True,
+        "max_epochs": cfg.trainer.get("max_epochs"), "init_from": cfg.get("init_from"), "overrides": overrides,
+        "unfinished": True,
     }
 
 
@@ -164,15 +172,15 @@ def _fmt(x, digits=1) -> str:
 
 
 def _table_order(r: Run) -> tuple:
-    return r.size, ORDER.index(r.variant) if r.variant in ORDER else 9, str(r.path)
+    return r.size, ORDER.index(r.variant) if r.variant in ORDER else 9, r.stage, str(r.path)
 
 
 def markdown_table(runs: list[Run]) -> str:
     runs = sorted(runs, key=_table_order)
     lines = [
-        "| variant | size | alpha | params | epochs | best val/ppl | test/ppl | paper test | difference | wall (h) | "
-        "settings | run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | size | stage | alpha | params | epochs | best val/ppl | test/ppl | paper test | difference | "
+        "wall (h) | settings | run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         m = r.metrics
@@ -182,7 +190,7 @@ def markdown_table(runs: list[Run]) -> str:
         wall = m.get("wall_s")
         settings = " ".join(f"`{o}`" for o in _settings(r)) or "-"
         lines.append(
-            f"| {r.variant} | {r.size} | {'-' if r.alpha is None else r.alpha} | "
+            f"| {r.variant} | {r.size} | {r.stage} | {'-' if r.alpha is None else r.alpha} | "
             f"{_fmt(m.get('params'), 0)} | {epochs} | {_fmt(m.get('val/ppl'))} | {_fmt(m.get('test/ppl'))} | "
             f"{_fmt(paper)} | {'-' if diff is None else f'{diff:+.1f}'} | {_fmt(None if wall is None else wall / 3600, 2)} | "
             f"{settings} | `{r.path}` |"
@@ -196,7 +204,7 @@ def repeat_groups(runs: list[Run]) -> list[list[Run]]:
     groups = defaultdict(list)
     for r in runs:
         if r.tested:
-            groups[(r.size, r.variant, r.alpha, _settings(r, ("seed",)))].append(r)
+            groups[(r.size, r.variant, r.stage, r.alpha, _settings(r, ("seed",)))].append(r)
     return [group for group in groups.values() if len(group) >= 2]
 
 
@@ -206,9 +214,9 @@ def repeats_table(runs: list[Run]) -> str:
     if not groups:
         return ""
     lines = [
-        "| variant | size | alpha | settings (apart from the seed) | runs | best val/ppl: mean (min to max) | "
+        "| variant | size | stage | alpha | settings (apart from the seed) | runs | best val/ppl: mean (min to max) | "
         "test/ppl: mean (min to max) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for group in groups:
         first = group[0]
@@ -218,7 +226,8 @@ def repeats_table(runs: list[Run]) -> str:
             cells.append(f"{_fmt(sum(values) / len(values), 2)} ({_fmt(min(values), 2)} to {_fmt(max(values), 2)})")
         settings = " ".join(f"`{o}`" for o in _settings(first, ("seed",))) or "-"
         alpha = "-" if first.alpha is None else first.alpha
-        lines.append(f"| {first.variant} | {first.size} | {alpha} | {settings} | {len(group)} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {first.variant} | {first.size} | {first.stage} | {alpha} | {settings} | {len(group)} | "
+                     f"{cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -298,7 +307,7 @@ def val_curves_text(runs: list[Run]) -> str:
 
 
 # Overrides that do not change what a run trains (resume) or that (size, variant) already says.
-_NOT_SETTINGS = ("resume", "experiment", "model", "loss", "size")
+_NOT_SETTINGS = ("resume", "init_from", "experiment", "model", "loss", "size")
 
 
 def _settings(run: Run, ignore: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -328,20 +337,21 @@ def alpha_points(runs: list[Run]) -> dict[str, list[tuple[float, Run]]]:
     groups = defaultdict(list)
     for r in finished:
         if r.alpha is not None:
-            groups[(r.size, r.variant, _settings(r, ("loss.alpha",)))].append((float(r.alpha), r))
+            groups[(r.size, r.variant, r.stage, _settings(r, ("loss.alpha",)))].append((float(r.alpha), r))
     groups = {k: v for k, v in groups.items() if len({a for a, _ in v}) >= 2}
     with_ce = {"VD": "AL", "RE": "REAL"}
-    for (size, variant, _), points in groups.items():
+    for (size, variant, stage, _), points in groups.items():
         alpha_free = _settings(points[0][1], ("loss.", "alpha_schedule.", "tau_schedule."))
         for r in finished:
-            if ((r.size, with_ce.get(r.variant)) == (size, variant) and _settings(r) == alpha_free
+            if ((r.size, with_ce.get(r.variant), r.stage) == (size, variant, stage) and _settings(r) == alpha_free
                     and {a.metrics["epochs"] for _, a in points} == {r.metrics["epochs"]}):
                 points.append((0.0, r))
     labels = defaultdict(int)
-    for size, variant, _ in groups:
-        labels[(size, variant)] += 1
-    return {(f"{size} {variant}" + (f" [{' '.join(settings)}]" if labels[(size, variant)] > 1 else "")):
-            sorted(points, key=lambda point: point[0]) for (size, variant, settings), points in groups.items()}
+    for size, variant, stage, _ in groups:
+        labels[(size, variant, stage)] += 1
+    return {(f"{size} {variant}" + (" stage 2" if stage == 2 else "")
+             + (f" [{' '.join(settings)}]" if labels[(size, variant, stage)] > 1 else "")):
+            sorted(points, key=lambda point: point[0]) for (size, variant, stage, settings), points in groups.items()}
 
 
 def alpha_series(runs: list[Run]) -> dict[str, list[tuple[float, float]]]:

@@ -1,9 +1,13 @@
-"""Train the paper's four variants of one size in turn, resuming any that were interrupted, then write
-the table (scripts/report.py).
+"""Train the paper's four variants of one size, both training runs for small, then write the table.
 
-    python scripts/reproduce.py small [--out logs/reproduce] [any train.py override ...]
-Each variant runs `train.py experiment=<size>_<variant> hydra.run.dir=<out>/<size>/<variant>
-resume=true`, so running the same command again continues unfinished runs and skips finished ones.
+    python scripts/reproduce.py small [--out logs/reproduce] [--variants vd,real] [any train.py override ...]
+
+Stage 1 of each variant runs `train.py experiment=<size>_<variant> hydra.run.dir=<out>/<size>/<variant>/stage1
+resume=true`. The paper trained its small models twice (its footnote 4), the second run starting from the
+final weights of the first with a fresh optimizer and learning-rate schedule, so for small stage 2 runs the
+same preset with `init_from=<stage 1>/checkpoints/last.ckpt` in `<variant>/stage2`. Running the same
+command again continues unfinished runs and skips finished ones. The table (scripts/report.py) lists
+both stages.
 """
 
 from __future__ import annotations
@@ -15,28 +19,41 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("vd", "al", "re", "real")
+STAGES = {"small": 2, "medium": 1, "large": 1}  # the paper's second training run is for the small models
+
+
+def _train(variant_dir: Path, stage: int, preset: str, overrides: list[str]) -> None:
+    run_dir = variant_dir / f"stage{stage}"
+    if (run_dir / "metrics.json").is_file():
+        print(f"{variant_dir.name} stage {stage}: finished earlier ({run_dir}/metrics.json)")
+        return
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), f"experiment={preset}", f"hydra.run.dir={run_dir}",
+               "resume=true", *overrides]
+    if stage == 2:
+        command.append(f"init_from={variant_dir / 'stage1' / 'checkpoints' / 'last.ckpt'}")
+    print(" ".join(command[1:]), flush=True)
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        sys.exit(f"error: {variant_dir.name} stage {stage} stopped with status {result.returncode}; "
+                 "run the same command again to resume it.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("size", choices=("small", "medium", "large"))
+    parser.add_argument("size", choices=tuple(STAGES))
     parser.add_argument("--out", default="logs/reproduce")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="a comma-separated subset of vd,al,re,real")
+    parser.add_argument("--stages", type=int, choices=(1, 2), help="1: first training run only "
+                        "(default: 2 for small, as the paper, 1 for medium and large)")
     args, overrides = parser.parse_known_args()
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"error: unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}.")
     root = Path(args.out) / args.size
-    for variant in args.variants.split(","):
-        if variant not in VARIANTS:
-            sys.exit(f"error: unknown variant {variant!r}; choose from {', '.join(VARIANTS)}.")
-        run_dir = root / variant
-        if (run_dir / "metrics.json").is_file():
-            print(f"{variant}: finished earlier ({run_dir}/metrics.json)")
-            continue
-        command = [sys.executable, str(REPO / "scripts" / "train.py"), f"experiment={args.size}_{variant}",
-                   f"hydra.run.dir={run_dir}", "resume=true", *overrides]
-        print(" ".join(command[1:]), flush=True)
-        result = subprocess.run(command)
-        if result.returncode != 0:
-            sys.exit(f"{variant} stopped with status {result.returncode}; run the same command again to resume it.")
+    for variant in variants:
+        for stage in range(1, (args.stages or STAGES[args.size]) + 1):
+            _train(root / variant, stage, f"{args.size}_{variant}", overrides)
     subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(root), "--out", str(root / "report")],
                    check=True)
 

@@ -44,7 +44,7 @@ def corpus(tmp_path) -> Path:
 # Every dropout off: for runs that must be deterministic (compared across processes, or learning a toy
 # language in a few epochs).
 NO_DROPOUT = ["model.dropout_emb=0", "model.dropout_hidden=0", "model.dropout_out=0", "model.dropout_words=0",
-              "model.dropout_recurrent=0"]
+              "model.dropout_recurrent=0", "model.dropout_state=0"]
 
 TINY = [
     "model.emb_size=16",

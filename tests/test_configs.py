@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from conftest import CONF, TINY, compose_cfg
 from lm.build import build_datamodule, build_task, build_trainer, model_config
@@ -43,18 +44,22 @@ def test_fast_dev_run_every_combination(corpus, tmp_path, model, loss, schedule)
     assert math.isfinite(test[0]["test/ppl"])
 
 
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if not p.stem.startswith("wt2_"))
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")
+                     if not p.stem.startswith("wt2_") and p.stem != "tuned_small_common")
 PAPER = {"vd": ("untied", "ce"), "al": ("untied", "augmented"), "re": ("tied", "ce"), "real": ("tied", "augmented")}
 UNITS = {"small": 200, "medium": 650, "large": 1500}
+# Appendix A of the paper, per size: drop rate of the shared state mask, (decay factor, after epoch), clip.
+PROTOCOL = {"small": (0.3, (0.9, 5), 5), "medium": (0.5, (0.9, 10), 5), "large": (0.65, (0.97, 1), 6)}
 
 
-def test_twelve_presets_exist():
-    assert EXPERIMENTS == sorted(f"{s}_{v}" for s in UNITS for v in PAPER)
+def test_twelve_paper_presets_and_four_tuned_small_presets_exist():
+    paper = [f"{s}_{v}" for s in UNITS for v in PAPER]
+    assert EXPERIMENTS == sorted(paper + [f"tuned_small_{v}" for v in PAPER])
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_preset_sets_size_model_and_loss(tmp_path, name):
-    size, variant = name.split("_")
+    size, variant = name.split("_")[-2:]
     cfg = compose_cfg([f"experiment={name}"], tmp_path)
     assert cfg.model.hidden_size == cfg.model.emb_size == UNITS[size]
     assert cfg.model.tie_weights == (PAPER[variant][0] == "tied")
@@ -62,6 +67,26 @@ def test_preset_sets_size_model_and_loss(tmp_path, name):
     assert cfg.data.bptt == 35 and cfg.data.batch_size == 20 and cfg.optim.optimizer.lr == 1.0
     model = instantiate(model_config(cfg), vocab_size=100)
     assert (model.decoder.weight is model.embedding.weight) == (PAPER[variant][0] == "tied")
+
+
+@pytest.mark.parametrize("name", [f"{s}_{v}" for s in UNITS for v in PAPER])
+def test_paper_presets_follow_the_papers_appendix(tmp_path, name):
+    size, variant = name.split("_")
+    cfg = compose_cfg([f"experiment={name}"], tmp_path)
+    drop, (factor, after), clip = PROTOCOL[size]
+    other = ("dropout_emb", "dropout_hidden", "dropout_out", "dropout_words", "dropout_recurrent")
+    assert cfg.model.dropout_state == drop and all(cfg.model[k] == 0 for k in other)
+    schedule = cfg.optim.lr_schedule
+    assert (schedule.kind, schedule.decay_factor, schedule.after_epoch) == ("decay", factor, after)
+    assert cfg.trainer.gradient_clip_val == clip
+    if PAPER[variant][1] == "augmented":  # tau 20; alpha = gamma in 0.5..0.8 from the first step
+        assert cfg.loss.tau == 20 and 0.5 <= cfg.loss.alpha <= 0.8
+        assert cfg.alpha_schedule._target_.endswith("Constant") and cfg.tau_schedule._target_.endswith("Constant")
+
+
+def test_the_design_card_command_trains_the_papers_small_real(tmp_path):
+    card = compose_cfg(["model=tied", "loss=augmented"], tmp_path)
+    assert OmegaConf.to_container(card) == OmegaConf.to_container(compose_cfg(["experiment=small_real"], tmp_path))
 
 
 @pytest.mark.parametrize("variant,loss", [("re", "CrossEntropyLoss"), ("real", "AugmentedLoss")])
@@ -75,24 +100,28 @@ def test_wikitext2_presets(tmp_path, variant, loss):
 def test_command_line_values_win_over_size(tmp_path):
     cfg = compose_cfg(["size=medium", "model.hidden_size=64", "model.emb_size=64", "trainer.max_epochs=3"], tmp_path)
     assert cfg.model.hidden_size == 64 and cfg.trainer.max_epochs == 3
-    assert cfg.model.dropout_hidden == 0.5  # the rest of size=medium still applies
+    assert cfg.model.dropout_state == 0.5  # the rest of size=medium still applies
 
 
-def test_small_augmented_presets_set_their_swept_alpha_and_the_command_line_wins(tmp_path):
-    default_alpha = compose_cfg(["loss=augmented"], tmp_path).loss.alpha
-    for name in ("small_al", "small_real"):
+def test_tuned_augmented_presets_set_their_swept_alpha_and_the_command_line_wins(tmp_path):
+    default = compose_cfg(["loss=augmented"], tmp_path).loss
+    for name in ("tuned_small_al", "tuned_small_real"):
         preset = compose_cfg([f"experiment={name}"], tmp_path)
-        assert preset.loss.alpha != default_alpha and preset.alpha_schedule.end == preset.loss.alpha
+        assert (preset.loss.alpha, preset.loss.tau) == (0.1, 1.0) != (default.alpha, default.tau)
+        assert preset.alpha_schedule._target_.endswith("Linear") and preset.alpha_schedule.end == preset.loss.alpha
         assert compose_cfg([f"experiment={name}", "loss.alpha=0.7"], tmp_path).alpha_schedule.end == 0.7
 
 
 def test_the_four_small_presets_drop_what_the_size_drops_and_the_command_line_wins(tmp_path):
     # The table compares variants, so its four cells share one dropout setting.
-    keys = ("dropout_emb", "dropout_hidden", "dropout_out", "dropout_words", "dropout_recurrent")
+    keys = ("dropout_emb", "dropout_hidden", "dropout_out", "dropout_words", "dropout_recurrent", "dropout_state")
     size = compose_cfg(["size=small"], tmp_path).model
+    tuned = compose_cfg(["experiment=tuned_small_vd"], tmp_path).model
     for name in ("small_vd", "small_al", "small_re", "small_real"):
         model = compose_cfg([f"experiment={name}"], tmp_path).model
         assert [model[k] for k in keys] == [size[k] for k in keys], name
+        model = compose_cfg([f"experiment=tuned_{name}"], tmp_path).model
+        assert [model[k] for k in keys] == [tuned[k] for k in keys], name
         assert compose_cfg([f"experiment={name}", "model.dropout_out=0.4"], tmp_path).model.dropout_out == 0.4
 
 
@@ -118,11 +147,9 @@ def test_tensorboard_logger_config_composes(tmp_path):
     assert cfg.logger.tensorboard._target_.endswith("TensorBoardLogger")
 
 
-def test_small_size_sets_variational_lstm_dropout_and_plateau_schedule(tmp_path):
-    # size/ comes after model/ and optim/ in the defaults list, or these would be overwritten.
-    small = compose_cfg(["experiment=small_vd"], tmp_path)
-    assert (small.model.dropout_words, small.model.dropout_recurrent) == (0.1, 0.2)
-    assert small.optim.lr_schedule.kind == "plateau"
-    medium = compose_cfg(["experiment=medium_vd"], tmp_path)
-    assert (medium.model.dropout_words, medium.model.dropout_recurrent) == (0.0, 0.0)
-    assert medium.optim.lr_schedule.kind == "decay"
+def test_tuned_small_presets_set_variational_lstm_dropout_and_plateau_schedule(tmp_path):
+    # The preset's values must survive size/, which comes after model/ and optim/ in the defaults list.
+    tuned = compose_cfg(["experiment=tuned_small_vd"], tmp_path)
+    assert (tuned.model.dropout_words, tuned.model.dropout_recurrent, tuned.model.dropout_state) == (0.1, 0.2, 0.0)
+    assert tuned.optim.lr_schedule.kind == "plateau"
+    assert compose_cfg(["experiment=small_vd"], tmp_path).optim.lr_schedule.kind == "decay"

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lm.errors import ConfigError
-from lm.model import LockedDropout, LSTMLanguageModel, detach_hidden
+from lm.model import LockedDropout, LSTMLanguageModel, detach_hidden, masked_lstm
 
 
 def small(**kw):
@@ -195,3 +195,78 @@ def test_recurrent_dropout_draws_a_new_mask_per_batch_and_none_in_eval():
     m.eval()
     plain.eval()
     torch.testing.assert_close(m(tokens, m.init_hidden(3))[0], plain(tokens, plain.init_hidden(3))[0])
+
+
+def _state_dropout_by_cell(x, h, c, mask, lstm):
+    """The paper's dropout written step by step with nn.LSTMCell: h_t * mask feeds the next step and leaves the layer."""
+    cell = torch.nn.LSTMCell(lstm.input_size, lstm.hidden_size)
+    cell.load_state_dict({k.removesuffix("_l0"): v for k, v in lstm.state_dict().items()})
+    outputs = []
+    for t in range(x.size(0)):
+        h, c = cell(x[t], (h * mask, c))
+        outputs.append(h * mask)
+    return torch.stack(outputs), h, c, cell
+
+
+def test_state_dropout_with_a_mask_of_ones_is_nn_lstm():
+    torch.manual_seed(5)
+    lstm = torch.nn.LSTM(12, 16)
+    x, h, c = torch.randn(9, 4, 12), torch.randn(4, 16), torch.randn(4, 16)
+    out, h_n, c_n = masked_lstm(x, h, c, torch.ones(4, 16), lstm.weight_ih_l0, lstm.weight_hh_l0,
+                                lstm.bias_ih_l0 + lstm.bias_hh_l0)
+    expected, (h_ref, c_ref) = lstm(x, (h[None], c[None]))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close((h_n, c_n), (h_ref[0], c_ref[0]), rtol=1e-5, atol=1e-6)
+    # Through the model: a rate too small to drop anything takes the loop and matches the nn.LSTM path.
+    looped, plain = small(dropout_state=1e-9).train(), small().train()
+    plain.load_state_dict(looped.state_dict())
+    tokens = torch.randint(0, 50, (8, 3))
+    a, hidden_a = looped(tokens, looped.init_hidden(3))
+    b, hidden_b = plain(tokens, plain.init_hidden(3))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(hidden_a, hidden_b, rtol=1e-5, atol=1e-6)
+
+
+def test_state_dropout_outputs_and_gradients_match_a_step_by_step_reference():
+    torch.manual_seed(6)
+    lstm = torch.nn.LSTM(12, 16)
+    x = torch.randn(7, 4, 12, requires_grad=True)
+    h, c = torch.randn(4, 16, requires_grad=True), torch.randn(4, 16, requires_grad=True)
+    mask = torch.empty(4, 16).bernoulli_(0.6) / 0.6
+    out, h_n, c_n = masked_lstm(x, h, c, mask, lstm.weight_ih_l0, lstm.weight_hh_l0,
+                                lstm.bias_ih_l0 + lstm.bias_hh_l0)
+    ref, h_ref, c_ref, cell = _state_dropout_by_cell(x, h, c, mask, lstm)
+    torch.testing.assert_close((out, h_n, c_n), (ref, h_ref, c_ref), rtol=1e-5, atol=1e-6)
+    # The final state leaves unmasked: the next window applies its own mask where it is used.
+    assert (h_n == 0).float().mean() < 0.01 < (out[-1] == 0).float().mean()
+    upstream = [torch.randn_like(t) for t in (out, h_n, c_n)]  # a loss on every output, not a plain sum
+    ours = torch.autograd.grad((out, h_n, c_n), (x, h, c, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0),
+                               upstream)
+    theirs = torch.autograd.grad((ref, h_ref, c_ref), (x, h, c, cell.weight_ih, cell.weight_hh, cell.bias_ih),
+                                 upstream)
+    for name, a, b in zip(("x", "h0", "c0", "w_ih", "w_hh", "bias"), ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_state_dropout_keeps_one_mask_for_every_step_of_a_window_and_none_in_eval():
+    torch.manual_seed(7)
+    m = small(dropout_state=0.5).train()
+    seen = []
+    m.decoder.register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
+    tokens = torch.randint(0, 50, (10, 6))
+    m(tokens, m.init_hidden(6))
+    dropped = seen[0] == 0  # (T, B, H): the classifier's input is the top layer's masked h_t
+    assert torch.equal(dropped, dropped[:1].expand_as(dropped))  # the same units at every step ...
+    assert 0.3 < dropped[0].float().mean() < 0.7
+    assert not torch.equal(dropped[0, 0], dropped[0, 1])  # ... and a mask per sequence
+    m(tokens, m.init_hidden(6))
+    assert not torch.equal(seen[1] == 0, dropped)  # a new draw for the next window
+    m.eval()
+    plain = small().eval()
+    plain.load_state_dict(m.state_dict())
+    torch.testing.assert_close(m(tokens, m.init_hidden(6))[0], plain(tokens, plain.init_hidden(6))[0])
+
+
+def test_state_and_recurrent_dropout_together_is_a_config_error():
+    with pytest.raises(ConfigError, match="dropout_state and model.dropout_recurrent"):
+        small(dropout_state=0.3, dropout_recurrent=0.2)

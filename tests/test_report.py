@@ -30,7 +30,7 @@ def test_report_table_compares_with_the_paper_and_plots(tmp_path):
     table = (tmp_path / "report" / "table.md").read_text().splitlines()
     assert len(table) == 2 + 4
     vd = next(line for line in table if line.startswith("| VD |") and "plateau" not in line)
-    real = next(line for line in table if "| REAL | small | 0.5 |" in line)
+    real = next(line for line in table if "| REAL | small | 1 | 0.5 |" in line)
     assert "| 90.3 | 87.3 | +3.0 | 2.00 | - |" in vd  # the paper's small VD-LSTM: 87.3 test; no overrides
     assert "| 80.7 | 82.7 | -2.0 |" in real
     plateau = next(line for line in table if "| 92.0 |" in line)
@@ -72,7 +72,7 @@ def test_report_lists_an_unfinished_run_with_the_epochs_it_ran(tmp_path):
     assert len(table) == 2 + 3 and any(line.startswith("| ? | ? |") for line in table)
     real = next(line for line in table if line.startswith("| REAL |"))
     # Settings: loss.alpha is not the preset's; 40 epochs is, and the data folder does not change training.
-    assert real.startswith("| REAL | small | 0.5 | - | 3 of 40 (unfinished) | 150.0 | - | 82.7 | - | - | "
+    assert real.startswith("| REAL | small | 1 | 0.5 | - | 3 of 40 (unfinished) | 150.0 | - | 82.7 | - | - | "
                            "`loss.alpha=0.5` |")
 
     from lm.report import find_runs
@@ -123,17 +123,23 @@ def test_report_without_runs_says_where_it_looked(tmp_path):
     assert result.returncode == 1 and f"no run folders below {tmp_path}" in result.stderr
 
 
-def test_reproduce_trains_each_variant_once_and_writes_the_table(corpus, tmp_path):
+def test_reproduce_trains_both_stages_of_each_small_variant_once_and_writes_the_table(corpus, tmp_path):
     args = ["small", "--out", str(tmp_path / "repro"), "--variants", "vd,real", *TINY, f"data.data_dir={corpus}",
             "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
     first = run_script("reproduce.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
+    root = tmp_path / "repro" / "small"
     for variant in ("vd", "real"):
-        assert (tmp_path / "repro" / "small" / variant / "metrics.json").is_file()
-    table = (tmp_path / "repro" / "small" / "report" / "table.md").read_text()
-    assert "| VD | small |" in table and "| REAL | small | 0.1 |" in table
+        stage1 = root / variant / "stage1" / "checkpoints" / "last.ckpt"
+        metrics = json.loads((root / variant / "stage2" / "metrics.json").read_text())
+        assert metrics["init_from"] == str(stage1) and (root / variant / "stage1" / "metrics.json").is_file()
+    table = (root / "report" / "table.md").read_text()
+    alpha = compose_cfg(["experiment=small_real"], tmp_path).loss.alpha
+    for row in ("| VD | small | 1 |", "| VD | small | 2 |", f"| REAL | small | 1 | {alpha} |", f"| REAL | small | 2 | {alpha} |"):
+        assert row in table, row
+    assert "init_from" not in table  # the stage column says it
     again = run_script("reproduce.py", *args)
-    assert again.returncode == 0 and again.stdout.count("finished earlier") == 2
+    assert again.returncode == 0 and again.stdout.count("finished earlier") == 4
 
 
 def _run_with_config(folder, overrides, edit=lambda cfg: None):
@@ -195,7 +201,7 @@ def test_runs_that_differ_only_in_their_seed_are_summarised_together(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "report" / "table.md").read_text()
     repeats = table.split("Runs that differ only in their seed")[1].splitlines()[4:]  # below its header
-    assert repeats == ["| RE | small | - | - | 3 | 91.00 (90.00 to 92.00) | 87.17 (86.00 to 88.50) |"]
+    assert repeats == ["| RE | small | 1 | - | - | 3 | 91.00 (90.00 to 92.00) | 87.17 (86.00 to 88.50) |"]
 
     _fake_run(tmp_path / "alone" / "re", "tied", "ce", 87.0)
     result = run_script("report.py", str(tmp_path / "alone"), "--out", str(tmp_path / "report_alone"))

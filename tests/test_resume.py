@@ -15,7 +15,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 # Dropout on, so that a resumed run only matches if the RNG state is restored too.
 RUN = ["trainer.max_epochs=3", "trainer.num_sanity_val_steps=0", "model.dropout_emb=0.3",
-       "model.dropout_hidden=0.3", "model.dropout_out=0.3", "optim.lr_schedule.kind=decay",
+       "model.dropout_hidden=0.3", "model.dropout_out=0.3", "model.dropout_state=0.3", "optim.lr_schedule.kind=decay",
        "optim.lr_schedule.after_epoch=1",
        "alpha_schedule=linear", "alpha_schedule.unit=step", "alpha_schedule.length=50"]
 
