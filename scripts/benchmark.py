@@ -58,13 +58,13 @@ def windows(args) -> tuple[BPTTWindows, int, str]:
     return BPTTWindows(batchify(ids, args.batch), args.bptt), vocab, f"synthetic tokens, vocabulary {vocab}"
 
 
-def project_config(args, output_dir: str) -> DictConfig:
+def project_config(args, output_dir: str, *extra: str) -> DictConfig:
     """The training config as train.py composes it for ``size=<args.size>`` and the command line's
-    overrides, without validation."""
+    overrides (then ``extra``), without validation."""
     overrides = [f"size={args.size}", f"paths.output_dir={output_dir}",
                  f"trainer.accelerator={args.device.split(':')[0]}",
                  "trainer.max_epochs=-1", f"trainer.max_steps={args.warmup + args.steps}",
-                 "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", *args.overrides]
+                 "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", *args.overrides, *extra]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
@@ -291,6 +291,11 @@ def main() -> None:
 
     output_dir = tempfile.mkdtemp(prefix="benchmark-")  # what the trainers write (CSV logs), removed below
     cfg = {name: project_config(args, f"{output_dir}/{name}") for name in ("ce", "al")}
+    # The paper's state dropout trains through a loop over time (lm.model.masked_lstm); beside it, the
+    # same model without it runs nn.LSTM's fused kernel: what the loop costs.
+    state_dropout = cfg["ce"].model.dropout_state > 0
+    if state_dropout:
+        cfg["nn_lstm"] = project_config(args, f"{output_dir}/nn_lstm", "model.dropout_state=0")
 
     def variants(with_eval: bool) -> dict[str, Callable]:
         loops = {
@@ -299,6 +304,9 @@ def main() -> None:
             "lightning_al": lambda tick: lightning_loop(args, cfg["al"], data, vocab, device,
                                                         AugmentedLoss(args.alpha, args.tau), tick),
         }
+        if state_dropout:
+            loops["lightning_ce_nn_lstm"] = lambda tick: lightning_loop(args, cfg["nn_lstm"], data, vocab, device,
+                                                                        CrossEntropyLoss(), tick)
         if with_eval:
             loops["eval"] = lambda tick: eval_loop(args, cfg["ce"], data, vocab, device, tick)
         return loops
@@ -317,17 +325,21 @@ def main() -> None:
         "lightning_ce_tokens_per_s": rate["lightning_ce"],
         "lightning_al_tokens_per_s": rate["lightning_al"],
         "eval_tokens_per_s": rate["eval"],
+        # nn.LSTM in place of the state-dropout loop (model.dropout_state=0); absent when the loop is not used
+        "lightning_ce_nn_lstm_tokens_per_s": rate.get("lightning_ce_nn_lstm"),
         "al_over_ce": rate["lightning_al"] / rate["lightning_ce"],
         "lightning_over_plain": rate["lightning_ce"] / rate["plain_ce"],
         "peak_mb_plain": peak.get("plain_ce"),
         "peak_mb_ce": peak.get("lightning_ce"),
         "peak_mb_al": peak.get("lightning_al"),
     }
+    if not state_dropout:
+        del out["lightning_ce_nn_lstm_tokens_per_s"]
     print(f"{' '.join([args.size, *args.overrides])}, {'tied' if args.tied else 'untied'}, batch {args.batch} x "
           f"BPTT {args.bptt}, {source}, {args.device}, {torch.get_num_threads()} threads, {allocator}, "
           f"median of {args.steps} steps after {args.warmup} warm-up steps, variants taking turns step by step")
     for k, v in out.items():
-        print(f"  {k:28s} {'n/a (needs CUDA or Linux /proc)' if v is None else f'{v:,.3f}'}")
+        print(f"  {k:34s} {'n/a (needs CUDA or Linux /proc)' if v is None else f'{v:,.3f}'}")
     if args.json:
         print(json.dumps(out))
 
