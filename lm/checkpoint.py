@@ -1,8 +1,14 @@
-"""Checkpoints: written atomically, read with a clear error, checked against the run before use."""
+"""Checkpoints: written atomically, read without running code, checked against the run before use.
+
+A checkpoint holds tensors and plain values only (dicts, lists, numbers, strings), so every load,
+the project's own and Lightning's (through ``SafeCheckpointIO``), uses ``torch.load(weights_only=True)``:
+a file that carries pickled Python objects, as a crafted one would, is refused before anything in it runs.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +19,9 @@ from torch import nn
 from lm.errors import ConfigError, DataError
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes ``<name>.tmp`` beside the target, flushes it to disk, then renames it over the target.
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Writes ``<name>.tmp`` beside the target, flushes it to disk, then renames it over the target;
+    reads with ``weights_only=True`` whatever the caller asks.
 
     A rename within one folder is atomic, so a crash or a kill mid-write leaves the previous
     checkpoint intact. (Lightning's default writes through a temporary file that may sit on
@@ -31,15 +38,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path, map_location=map_location)
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint's contents, or one clear error if the file is missing, truncated or not a checkpoint."""
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint's contents, or one clear error if the file is missing, truncated, not a checkpoint,
+    or carries Python objects (which loading would run)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"checkpoint {path} does not exist; pass the path of a .ckpt file written by train.py.")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a damaged file
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only=True refuses any reference to a Python function or class ("GLOBAL"): what a
+        # crafted file calls when it is unpickled. Anything else that fails to unpickle is damage.
+        found = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), None)
+        if found is not None:
+            raise DataError(
+                f"checkpoint {path} holds Python objects besides tensors and plain values ({found[:200]}); it was "
+                "not written by train.py, and loading it could run code from the file, so it was not loaded. "
+                "Use a checkpoint that train.py wrote."
+            ) from None
+        raise DataError(
+            f"checkpoint {path} cannot be read (UnpicklingError): it is truncated or corrupt. Use another "
+            "checkpoint of the run (checkpoints/last.ckpt or best.ckpt)."
+        ) from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, ... for a damaged file
         raise DataError(
             f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): it is "
             "truncated or corrupt. Use another checkpoint of the run (checkpoints/last.ckpt or best.ckpt)."

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import torch
 
 from lm.analysis import load_model, target_neighbors, target_spread
 from lm.data import Vocabulary, read_lines
-from lm.errors import DataError, UserError
+from lm.cli import report_user_errors
+from lm.errors import DataError
 
 
 def word_counts(path: Path, vocab: list[str]) -> torch.Tensor:
@@ -40,6 +40,7 @@ def temperatures(text: str) -> list[float]:
     return taus
 
 
+@report_user_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("word", nargs="?")
@@ -52,20 +53,17 @@ def main() -> None:
     args = parser.parse_args()
     if (args.word is None) == (args.spread is None):
         parser.error("give a WORD or --spread TEXT (one of the two)")
-    try:
-        model, vocab = load_model(args.ckpt)
-        if args.word is not None:
-            for word, prob in target_neighbors(model.embedding.weight, vocab, args.word, args.k, args.tau):
-                print(f"{prob:8.4f}  {word}")
-            return
-        counts = word_counts(args.spread, vocab)
-        uniform = math.log(len(vocab))
-        print(f"tau | on the word | on its {args.k} nearest others | entropy (nats; uniform {uniform:.2f})")
-        for tau in args.taus:
-            spread = target_spread(model.embedding.weight, counts, tau, args.k)
-            print(f"{tau:g} | {spread['self']:.3f} | {spread['near']:.3f} | {spread['entropy']:.2f}")
-    except UserError as err:
-        sys.exit(f"error: {err}")
+    model, vocab = load_model(args.ckpt)
+    if args.word is not None:
+        for word, prob in target_neighbors(model.embedding.weight, vocab, args.word, args.k, args.tau):
+            print(f"{prob:8.4f}  {word}")
+        return
+    counts = word_counts(args.spread, vocab)
+    uniform = math.log(len(vocab))
+    print(f"tau | on the word | on its {args.k} nearest others | entropy (nats; uniform {uniform:.2f})")
+    for tau in args.taus:
+        spread = target_spread(model.embedding.weight, counts, tau, args.k)
+        print(f"{tau:g} | {spread['self']:.3f} | {spread['near']:.3f} | {spread['entropy']:.2f}")
 
 
 if __name__ == "__main__":

@@ -6,24 +6,21 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from lm.analysis import load_model, predict_next
-from lm.errors import UserError
+from lm.cli import report_user_errors
 
 
+@report_user_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("text", help="context words, space-separated (PTB is lower-case, numbers are N)")
     parser.add_argument("--ckpt", required=True, help="a .ckpt file written by train.py")
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args()
-    try:
-        model, vocab = load_model(args.ckpt)
-        for word, prob in predict_next(model, vocab, args.text, args.k):
-            print(f"{prob:8.4f}  {word}")
-    except UserError as err:
-        sys.exit(f"error: {err}")
+    model, vocab = load_model(args.ckpt)
+    for word, prob in predict_next(model, vocab, args.text, args.k):
+        print(f"{prob:8.4f}  {word}")
 
 
 if __name__ == "__main__":

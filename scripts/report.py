@@ -14,10 +14,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from lm.cli import report_user_errors
+from lm.errors import DataError
 from lm.report import (alpha_sweep_text, find_runs, markdown_table, plot_alpha_sweep, plot_val_curves,
                        repeats_table, val_curves_text)
 
 
+@report_user_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="run folders, multirun folders, or folders holding them")
@@ -25,8 +28,8 @@ def main() -> None:
     args = parser.parse_args()
     runs = find_runs(args.paths)
     if not runs:
-        sys.exit(f"error: no run folders below {', '.join(args.paths)} (none has metrics.json, or a .hydra config "
-                 "and a validation in csv/metrics.csv); point at folders written by train.py.")
+        raise DataError(f"no run folders below {', '.join(args.paths)} (none has metrics.json, or a .hydra config "
+                        "and a validation in csv/metrics.csv); point at folders written by train.py.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(runs)

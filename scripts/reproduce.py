@@ -49,7 +49,7 @@ def main() -> None:
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        sys.exit(f"error: unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}.")
+        parser.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     root = Path(args.out) / args.size
     for variant in variants:
         for stage in range(1, (args.stages or STAGES[args.size]) + 1):

@@ -53,7 +53,7 @@ TINY = [
     "data.eval_batch_size=2",
     "data.bptt=8",
     "data.download=false",
-    "data.sha256={}",
+    "data.sha256=null",
 ]
 
 

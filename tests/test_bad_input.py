@@ -58,7 +58,6 @@ CORPUS_CASES = {
     "missing_folder": (lambda d: shutil.rmtree(d), ["missing split(s) train, valid, test", "data.data_dir"]),
     "missing_split": (lambda d: (d / "test.txt").unlink(), ["missing split(s) test", "PTB_DIR"]),
     "empty_split": (lambda d: (d / "valid.txt").write_text(""), ["valid.txt is empty"]),
-    "no_final_newline": (lambda d: (d / "train.txt").write_text("w1 w2 w3\nw4 w5"), ["does not end with a newline"]),
     "not_utf8": (lambda d: (d / "train.txt").write_bytes(b"w1 \xff\xfe w2\n"), ["is not UTF-8"]),
     "smaller_than_one_batch": (lambda d: (d / "test.txt").write_text("w1 w2\n"),
                                ["test split has 3 tokens, fewer than one batch"]),
@@ -79,6 +78,20 @@ def test_checksum_mismatch(earlier_run):
     base = [o for o in TINY if not o.startswith("data.sha256")]
     result = _train(corpus, run_dir, "~data.sha256", "+data.sha256={train.txt: " + "0" * 64 + "}", base=base)
     _check(result, run_dir, before, "does not match its known SHA-256", "Delete it to download it again")
+
+
+def test_another_corpus_under_ptb_names_without_final_newlines_trains_with_the_override_the_error_names(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    for split in ("train", "valid", "test"):  # PTB's file names, another corpus, no newline at the end
+        (corpus / f"ptb.{split}.txt").write_text((corpus / f"{split}.txt").read_text().rstrip("\n"))
+        (corpus / f"{split}.txt").unlink()
+    base = [o for o in TINY if not o.startswith("data.sha256")]
+    refused = _train(corpus, tmp_path / "refused", base=base)
+    assert refused.returncode == 2 and "does not match its known SHA-256" in refused.stderr
+    fix = next(word for word in refused.stderr.split() if word.startswith("data.sha256="))
+    trained = _train(corpus, tmp_path / "trained", fix, base=base)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert (tmp_path / "trained" / "metrics.json").is_file()
 
 
 def test_interrupted_download_leaves_no_partial_file(earlier_run, tmp_path):
@@ -157,13 +170,57 @@ def _bad_checkpoints(run_dir, corpus, tmp_path):
 @pytest.mark.parametrize("script, case", [
     *(("evaluate.py", c) for c in ("corrupt", "truncated", "missing", "other_vocabulary", "other_size", "other_variant")),
     ("train.py", "truncated"), ("train.py", "other_size"),  # resuming goes through the same checks
+    ("init_from", "other_vocabulary"), ("init_from", "other_size"), ("init_from", "other_variant"),
 ])
 def test_bad_checkpoint(earlier_run, tmp_path, script, case):
     corpus, run_dir = earlier_run
     before = _snapshot(run_dir)
     path, overrides, fragment = _bad_checkpoints(run_dir, corpus, tmp_path)[case]
-    out = run_dir if script == "train.py" else tmp_path / "eval"
-    result = run_script(script, *TINY, f"data.data_dir={corpus}", f"ckpt_path={path}", f"hydra.run.dir={out}",
-                        *overrides)
+    if script == "init_from":  # a second training run, in a folder of its own
+        result = run_script("train.py", *TINY, f"data.data_dir={corpus}", f"init_from={path}",
+                            f"hydra.run.dir={tmp_path / 'stage2'}", *overrides)
+        assert not (tmp_path / "stage2" / "checkpoints").exists()
+    else:
+        out = run_dir if script == "train.py" else tmp_path / "eval"
+        result = run_script(script, *TINY, f"data.data_dir={corpus}", f"ckpt_path={path}", f"hydra.run.dir={out}",
+                            *overrides)
     _check(result, run_dir, before, fragment)
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+
+
+class _Payload:
+    """Pickled as a call of open(path, "w"): unpickling it creates the file, as a crafted checkpoint would run code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+@pytest.mark.parametrize("entry", ["train.py ckpt_path", "train.py resume", "train.py init_from", "evaluate.py",
+                                   "predict.py", "neighbors.py"])
+def test_a_checkpoint_carrying_code_is_refused_before_anything_runs(earlier_run, tmp_path, entry):
+    corpus, run_dir = earlier_run
+    before = _snapshot(run_dir)
+    marker = tmp_path / "the_payload_ran"
+    crafted = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    crafted["note"] = _Payload(marker)  # otherwise a good checkpoint, as a downloaded one could be
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    path = resumed / "checkpoints" / "last.ckpt"
+    torch.save(crafted, path)
+    data = [*TINY, f"data.data_dir={corpus}"]
+    args = {
+        "train.py ckpt_path": ("train.py", *data, f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'run'}"),
+        "train.py resume": ("train.py", *data, "resume=true", f"hydra.run.dir={resumed}"),
+        "train.py init_from": ("train.py", *data, f"init_from={path}", f"hydra.run.dir={tmp_path / 'run'}"),
+        "evaluate.py": ("evaluate.py", *data, f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'run'}"),
+        "predict.py": ("predict.py", "w1 w2", "--ckpt", str(path)),
+        "neighbors.py": ("neighbors.py", "w1", "--ckpt", str(path)),
+    }[entry]
+    result = run_script(*args)
+    _check(result, run_dir, before, f"error: checkpoint {path} holds Python objects", "Use a checkpoint that train.py wrote")
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
+    assert not marker.exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -105,11 +105,11 @@ def test_empty_split_is_an_error(tmp_path, corpus):
         read_lines(corpus / "valid.txt")
 
 
-def test_split_without_final_newline_is_an_error(corpus):
+def test_split_without_final_newline_reads_as_with_it(corpus):
     path = corpus / "valid.txt"
+    with_newline = read_lines(path)
     path.write_text(path.read_text().rstrip("\n"))
-    with pytest.raises(DataError, match="does not end with a newline"):
-        read_lines(path)
+    assert read_lines(path) == with_newline and with_newline[-1][-1] == "<eos>"
 
 
 def test_split_smaller_than_one_batch_of_windows_is_an_error(corpus):

@@ -120,7 +120,7 @@ def test_text_chart_puts_each_point_where_its_values_say():
 
 def test_report_without_runs_says_where_it_looked(tmp_path):
     result = run_script("report.py", str(tmp_path))
-    assert result.returncode == 1 and f"no run folders below {tmp_path}" in result.stderr
+    assert result.returncode == 2 and f"error: no run folders below {tmp_path}" in result.stderr
 
 
 def test_reproduce_trains_both_stages_of_each_small_variant_once_and_writes_the_table(corpus, tmp_path):

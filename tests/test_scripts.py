@@ -120,7 +120,7 @@ def test_predict_and_neighbors_read_a_trained_checkpoint(corpus, tmp_path):
     assert neighbors.stdout.split()[1] == "w3"  # a word is most similar to itself
 
     missing = run_script("neighbors.py", "zebra", "--ckpt", ckpt)
-    assert missing.returncode == 1 and "error: 'zebra' is not in the checkpoint's vocabulary" in missing.stderr
+    assert missing.returncode == 2 and "error: 'zebra' is not in the checkpoint's vocabulary" in missing.stderr
 
     spread = run_script("neighbors.py", "--spread", str(corpus / "valid.txt"), "--ckpt", ckpt, "--taus", "1,100")
     assert spread.returncode == 0, spread.stderr[-3000:]
