@@ -17,6 +17,7 @@ from lightning_fabric.plugins import TorchCheckpointIO
 from torch import nn
 
 from lm.errors import ConfigError, DataError
+from lm.files import atomic_write
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -29,14 +30,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint(path, map_location=map_location)

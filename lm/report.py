@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,9 +78,10 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     runs = []
     for folder in sorted(folders):
         curve = _val_curve(folder / "csv" / "metrics.csv")
-        if (folder / "metrics.json").is_file():
-            runs.append(Run(folder, json.loads((folder / "metrics.json").read_text()), curve))
-        elif curve:
+        metrics = _read_json(folder / "metrics.json")
+        if metrics is not None:
+            runs.append(Run(folder, metrics, curve))
+        elif curve and (folder / ".hydra" / "config.yaml").is_file():
             runs.append(Run(folder, _unfinished_metrics(folder, curve), curve))
     _add_preset_diffs(runs)
     return runs
@@ -158,12 +160,36 @@ def _unfinished_metrics(folder: Path, curve: list[tuple[int, float]]) -> dict:
     }
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _read_json(path: Path) -> dict | None:
+    """metrics.json, or None if there is none or it is not whole (a run that was killed while writing it
+    elsewhere, or a copy cut short); the folder then counts as unfinished."""
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        _warn(f"{path} is not whole JSON ({exc}); reading the run as unfinished")
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
 def _val_curve(path: Path) -> list[tuple[int, float]]:
     if not path.is_file():
         return []
+    by_epoch = {}
     with path.open() as f:
         # A resumed run appends to the same file; an epoch validated twice keeps its latest value.
-        by_epoch = {int(r["epoch"]): float(r["val/ppl"]) for r in csv.DictReader(f) if r.get("val/ppl")}
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            if not row.get("val/ppl"):
+                continue
+            try:
+                by_epoch[int(row["epoch"])] = float(row["val/ppl"])
+            except (TypeError, ValueError):  # a row cut short by a kill, or a damaged copy
+                _warn(f"{path}, line {line}: not a whole row of numbers; skipped")
     return sorted(by_epoch.items())
 
 

@@ -26,6 +26,7 @@ from lm.build import build_datamodule, build_task, build_trainer, close_distribu
 from lm.callbacks import StopRequested, TrainThroughput
 from lm.checkpoint import check_compatible, load_checkpoint, model_state
 from lm.cli import report_user_errors
+from lm.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,8 @@ def main(cfg: DictConfig) -> float:
         "overrides": list(HydraConfig.get().overrides.task),
     }
     if trainer.is_global_zero:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        with atomic_write(run_dir / "metrics.json", "w") as f:  # report.py may read it at any moment
+            f.write(json.dumps(metrics, indent=2) + "\n")
         print(
             f"{metrics['model']}/{metrics['loss']}/{metrics['size']} alpha={metrics['alpha']}: "
             f"val/ppl {metrics['val/ppl']:.2f}  test/ppl {metrics['test/ppl']:.2f}  "

@@ -206,3 +206,19 @@ def test_runs_that_differ_only_in_their_seed_are_summarised_together(tmp_path):
     _fake_run(tmp_path / "alone" / "re", "tied", "ce", 87.0)
     result = run_script("report.py", str(tmp_path / "alone"), "--out", str(tmp_path / "report_alone"))
     assert "seed" not in (tmp_path / "report_alone" / "table.md").read_text()  # nothing to summarise
+
+
+def test_report_skips_a_half_written_record_and_a_cut_row_with_a_warning(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_run(runs / "vd", "untied", "ce", 90.3, curve=(300.0, 200.0, 150.0))
+    with (runs / "vd" / "csv" / "metrics.csv").open("a") as f:
+        f.write("3,39,,1.2e")  # the last row, cut off by a kill in the middle of its number
+    _fake_run(runs / "re", "tied", "ce", 88.0)
+    metrics = runs / "re" / "metrics.json"
+    metrics.write_text(metrics.read_text()[:40])  # half a record, no .hydra config: nothing to read
+    result = run_script("report.py", str(runs), "--out", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"warning: {metrics} is not whole JSON" in result.stderr
+    assert "metrics.csv, line 6: not a whole row of numbers; skipped" in result.stderr
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert "| VD | small |" in table and "| RE |" not in table
