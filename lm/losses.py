@@ -66,6 +66,7 @@ class AugmentedLoss(nn.Module):
         if compile not in (True, False, "auto"):
             raise ConfigError(f"loss.compile must be true, false or auto, got {compile!r}.")
         self.compile = compile
+        self.kernels = Kernels() if compile else None  # this loss's own: a failed compile falls back here only
         if not alpha > 0:
             raise ConfigError(f"loss.alpha must be > 0, got {alpha}. (alpha 0 is cross-entropy: use loss=ce.)")
         if not tau > 0:
@@ -83,11 +84,12 @@ class AugmentedLoss(nn.Module):
                 self.target_snapshot = embedding.detach().clone()
             embedding = self.target_snapshot
         compiled = self.compile is True or (self.compile == "auto" and logits.size(-1) >= COMPILE_MIN_VOCAB)
-        return augmented_loss(logits, targets, embedding, alpha, tau, self.target_grad, self.chunk_elements, compiled)
+        return augmented_loss(logits, targets, embedding, alpha, tau, self.target_grad, self.chunk_elements,
+                              self.kernels if compiled else None)
 
 
 def augmented_loss(logits, targets, embedding, alpha: float, tau: float, target_grad: bool = False,
-                   chunk_elements: int = 1 << 23, compiled: bool = False) -> LossOutput:
+                   chunk_elements: int = 1 << 23, kernels: Kernels | None = None) -> LossOutput:
     """The augmented loss with its gradient in closed form.
 
     Autograd through softmax, log-softmax and KL would keep several (N, V) intermediates alive and
@@ -96,13 +98,13 @@ def augmented_loss(logits, targets, embedding, alpha: float, tau: float, target_
     ``(softmax(z) - onehot(y*) + alpha * (softmax(z / tau) - y~)) / N``, which backward only scales.
     ``y~`` is computed once per distinct target word in the batch, not once per token.
 
-    ``compiled=True`` runs the per-token work through ``torch.compile``, which fuses forming ``y~``
-    from its logits, both softmaxes, the KL sum and the gradient into about two passes over each
+    ``kernels`` (a ``Kernels``) runs the per-token work through ``torch.compile``, which fuses forming
+    ``y~`` from its logits, both softmaxes, the KL sum and the gradient into about two passes over each
     chunk (the eager code needs eight); where compiling fails (no C++ compiler, no Triton) it warns
-    once and stays eager. The gradient-through-target option always runs eagerly.
+    once and those kernels stay eager. The gradient-through-target option always runs eagerly.
     """
     return LossOutput(*_FusedAugmentedLoss.apply(logits, targets, embedding, alpha, tau, target_grad, chunk_elements,
-                                                 compiled and not target_grad))
+                                                 None if target_grad else kernels))
 
 
 def _target_logits(rows: torch.Tensor, emb: torch.Tensor, tau) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,22 +155,26 @@ class _Compiled:
             return self.fn(*args)
 
 
-_compiled_target_logits = _Compiled(_target_logits)
-_compiled_token_terms = _Compiled(_token_terms)
+class Kernels:
+    """The two compiled halves of the augmented loss, owned by one loss (``AugmentedLoss.kernels``)."""
+
+    def __init__(self):
+        self.target_logits = _Compiled(_target_logits)
+        self.token_terms = _Compiled(_token_terms)
 
 
 class _FusedAugmentedLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, targets, embedding, alpha, tau, target_grad, chunk_elements, compiled):
+    def forward(ctx, logits, targets, embedding, alpha, tau, target_grad, chunk_elements, kernels):
         n, v = logits.shape
         # float32 throughout, also under bf16/fp16 autocast: softmax, log and KL need the range.
         with torch.autocast(device_type=logits.device.type, enabled=False):
             emb = embedding.detach().float()
             words, inverse = torch.unique(targets, return_inverse=True)  # words: (U,), inverse: (N,)
             rows = emb[words]  # (U, d)
-            if compiled:
-                return _FusedAugmentedLoss._compiled_forward(ctx, logits, targets, words, inverse, rows, emb, alpha,
-                                                             tau, chunk_elements)
+            if kernels is not None:
+                return _FusedAugmentedLoss._compiled_forward(ctx, kernels, logits, targets, words, inverse, rows, emb,
+                                                             alpha, tau, chunk_elements)
             log_target = torch.log_softmax(rows @ emb.t() / tau, dim=-1)  # (U, V): log y~ per distinct word
             target_probs = log_target.exp()  # (U, V): y~
             neg_entropy = (target_probs * log_target).sum(-1)  # (U,): sum y~ log y~
@@ -214,13 +220,13 @@ class _FusedAugmentedLoss(torch.autograd.Function):
         return _FusedAugmentedLoss._finish(ctx, logits, grad, grad_emb, ce_sum, kl_sum, alpha, tau)
 
     @staticmethod
-    def _compiled_forward(ctx, logits, targets, words, inverse, rows, emb, alpha, tau, chunk_elements):
+    def _compiled_forward(ctx, kernels, logits, targets, words, inverse, rows, emb, alpha, tau, chunk_elements):
         n, v = logits.shape
         # Tensors, not floats: a float would be baked into the compiled code and recompiled for every
         # value an alpha or tau schedule takes.
         alpha_t = torch.tensor(alpha, dtype=torch.float32, device=logits.device)
         tau_t = torch.tensor(tau, dtype=torch.float32, device=logits.device)
-        target_logits, target_lse = _compiled_target_logits(rows, emb, tau_t)
+        target_logits, target_lse = kernels.target_logits(rows, emb, tau_t)
         inv_n = torch.tensor(1.0 / n, dtype=torch.float32, device=logits.device)
         chunk = max(1, chunk_elements // v)
         grad = None if chunk >= n else torch.empty(n, v, dtype=torch.float32, device=logits.device)
@@ -228,8 +234,8 @@ class _FusedAugmentedLoss(torch.autograd.Function):
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
             u = inverse[start:end]
-            ce_part, kl_part, g = _compiled_token_terms(logits[start:end].float(), targets[start:end], u,
-                                                        target_logits, target_lse, alpha_t, tau_t, inv_n, tau == 1.0)
+            ce_part, kl_part, g = kernels.token_terms(logits[start:end].float(), targets[start:end], u,
+                                                      target_logits, target_lse, alpha_t, tau_t, inv_n, tau == 1.0)
             ce_sum = ce_sum + ce_part
             kl_sum = kl_sum + kl_part
             if grad is None:

@@ -170,10 +170,16 @@ class LSTMLanguageModel(nn.Module):
     def forward(self, tokens: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
         x = self.drop_emb(self.embed(tokens))  # (T, B, d)
         new_hidden = []
-        for i, lstm in enumerate(self.lstms):
-            x, state = self.run_layer(lstm, x, hidden[i])  # (T, B, hidden_size)
-            new_hidden.append(state)
-            x = self.drop_hidden(x) if i < len(self.lstms) - 1 else self.drop_out(x)
+        # The recurrent layers run in float32 (TF32 on GPUs that have it) under any autocast: CUDA autocast
+        # would run cuDNN's LSTM in fp16 whatever dtype it was asked for, without loss scaling, and the
+        # carried state would round at every step. The classifier, where the time goes, keeps autocast.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            for i, lstm in enumerate(self.lstms):
+                state = (hidden[i][0].float(), hidden[i][1].float())  # a state saved at another precision too
+                x, state = self.run_layer(lstm, x, state)  # (T, B, hidden_size)
+                new_hidden.append(state)
+                x = self.drop_hidden(x) if i < len(self.lstms) - 1 else self.drop_out(x)
         return self.decoder(x), new_hidden  # (T, B, V)
 
     def num_parameters(self) -> int:

@@ -106,7 +106,7 @@ def reference_augmented(logits, targets, embedding, alpha, tau, target_grad):
     return F.cross_entropy(z, targets) + alpha * tau * kl
 
 
-def _model_grads(loss_fn, tied, seed=0, autocast=False, loss_in_autocast=True):
+def _model_grads(loss_fn, tied, seed=0, autocast=False, loss_in_autocast=True, upstream=1.0):
     from lm.model import LSTMLanguageModel
 
     torch.manual_seed(seed)
@@ -117,7 +117,7 @@ def _model_grads(loss_fn, tied, seed=0, autocast=False, loss_in_autocast=True):
         logits, _ = model(tokens, model.init_hidden(4))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast and loss_in_autocast):
             loss = loss_fn(logits.view(-1, V), targets, model.embedding.weight)
-    loss.backward()
+    (loss * upstream).backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
@@ -152,6 +152,54 @@ def test_fused_matches_straightforward_under_bf16_autocast(target_grad, compiled
         assert torch.allclose(grads_f[name], grads_r[name], rtol=1e-5, atol=1e-7), name
 
 
+@pytest.mark.parametrize("target_grad, compiled", [(False, False), (True, False), (False, True)])
+def test_fused_gradient_scales_with_the_upstream_gradient(target_grad, compiled):
+    # Training multiplies the loss by the window length (optim.sum_over_time): backward gets 35, not 1.
+    alpha, tau, upstream = 0.6, 2.0, 35.0
+    fused = AugmentedLoss(tau=tau, target_grad=target_grad, compile=compiled)
+    _, grads_f = _model_grads(lambda z, y, L: fused(z, y, L, alpha).total, True, upstream=upstream)
+    _, grads_r = _model_grads(lambda z, y, L: reference_augmented(z, y, L, alpha, tau, target_grad), True,
+                              upstream=upstream)
+    _, grads_1 = _model_grads(lambda z, y, L: reference_augmented(z, y, L, alpha, tau, target_grad), True)
+    for name in grads_r:
+        assert torch.allclose(grads_f[name], grads_r[name], rtol=1e-5, atol=1e-6), name
+        assert not torch.allclose(grads_f[name], grads_1[name], rtol=1e-3), name  # the scale is not lost
+
+
+def test_compile_auto_compiles_from_the_vocabulary_threshold_and_each_loss_falls_back_on_its_own(monkeypatch,
+                                                                                                 caplog):
+    import lm.losses as losses
+
+    calls = []
+    real_compile = torch.compile
+
+    def compile_failing_for(fn, **kw):  # a backend that fails at the first call of what it compiled
+        calls.append(fn.__name__)
+        if len(calls) <= 2:
+            def broken(*args):
+                raise RuntimeError("no C++ compiler")
+            return broken
+        return real_compile(fn, **kw)
+
+    monkeypatch.setattr(torch, "compile", compile_failing_for)
+    g = torch.Generator().manual_seed(4)
+    small_v, big_v = losses.COMPILE_MIN_VOCAB - 1, losses.COMPILE_MIN_VOCAB
+    for v in (small_v, big_v):
+        z, y, L = torch.randn(6, v, generator=g), torch.randint(0, v, (6,), generator=g), torch.randn(v, 4, generator=g)
+        eager = AugmentedLoss(tau=2.0, compile=False)(z, y, L, alpha=0.5)
+        first = AugmentedLoss(tau=2.0, compile="auto")
+        out = first(z, y, L, alpha=0.5)
+        torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-6)
+        if v == small_v:
+            assert calls == []  # below the threshold: eager, nothing compiled
+    assert calls == ["_target_logits", "_token_terms"] and first.kernels.target_logits.failed
+    assert "torch.compile of _target_logits failed" in caplog.text
+    # Another loss in the same process still compiles: the fallback belonged to the first one.
+    second = AugmentedLoss(tau=2.0, compile=True)
+    torch.testing.assert_close(second(z, y, L, alpha=0.5), eager, rtol=1e-5, atol=1e-6)
+    assert not second.kernels.token_terms.failed and calls[2:] == ["_target_logits", "_token_terms"]
+
+
 def test_fused_loss_leaves_its_inputs_alone(inputs):
     z, y, L = inputs[0].float(), inputs[1], inputs[2].float()
     z_before = z.clone()
@@ -160,13 +208,11 @@ def test_fused_loss_leaves_its_inputs_alone(inputs):
 
 
 def test_compiled_kernel_is_really_compiled_and_not_recompiled_per_alpha():
-    from lm.losses import _compiled_token_terms
-
     g = torch.Generator().manual_seed(3)
     z, y, L = torch.randn(N, V, generator=g), torch.randint(0, V, (N,), generator=g), torch.randn(V, D, generator=g)
     loss = AugmentedLoss(tau=1.0, compile=True)
     loss(z, y, L, alpha=0.1)
-    assert not _compiled_token_terms.failed
+    assert loss.kernels.token_terms.compiled is not None and not loss.kernels.token_terms.failed
     frames_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert frames_before > 0
     for alpha in (0.2, 0.3, 0.4):  # an alpha schedule changes alpha every step

@@ -270,3 +270,28 @@ def test_state_dropout_keeps_one_mask_for_every_step_of_a_window_and_none_in_eva
 def test_state_and_recurrent_dropout_together_is_a_config_error():
     with pytest.raises(ConfigError, match="dropout_state and model.dropout_recurrent"):
         small(dropout_state=0.3, dropout_recurrent=0.2)
+
+
+@pytest.mark.parametrize("dropout_state", [0.0, 0.3])  # nn.LSTM; the state-dropout loop
+def test_recurrent_layers_run_in_float32_under_autocast_and_take_a_state_of_another_precision(dropout_state,
+                                                                                           monkeypatch):
+    import lm.model
+
+    seen = []
+    m = small(dropout_state=dropout_state).train()
+    for lstm in m.lstms:
+        lstm.register_forward_pre_hook(lambda module, args: seen.append((args[0].dtype, args[1][0].dtype)))
+    loop = lm.model.masked_lstm
+
+    def recording_loop(x, h, c, *rest):
+        seen.append((x.dtype, h.dtype))
+        return loop(x, h, c, *rest)
+
+    monkeypatch.setattr(lm.model, "masked_lstm", recording_loop)
+    tokens = torch.randint(0, 50, (6, 3))
+    hidden = [(h.bfloat16(), c.bfloat16()) for h, c in m.init_hidden(3)]  # as a run saved under bf16 left it
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, new_hidden = m(tokens, hidden)
+    assert seen == [(torch.float32, torch.float32)] * 2  # both layers, whichever path
+    assert all(h.dtype == c.dtype == torch.float32 for h, c in new_hidden)  # the carried state stays float32
+    assert logits.dtype == torch.bfloat16  # the classifier keeps autocast
