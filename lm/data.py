@@ -335,16 +335,26 @@ class CorpusDataModule(pl.LightningDataModule):
 
     @staticmethod
     def _shard(streams: torch.Tensor, rank: int, world: int, split: str) -> torch.Tensor:
+        """This rank's contiguous slice of the streams. Training needs equal slices (DDP averages the
+        ranks' gradients with equal weight); evaluation takes uneven ones (10 streams on 4 processes:
+        3, 3, 2, 2), every rank stepping through the same windows, and the perplexity sums tokens."""
         if world == 1:
             return streams
         num = streams.size(1)
-        if num % world:
+        if split == "train" and num % world:
+            below = num // world * world
+            fits = [m for m in (below, below + world) if m > 0]
             raise ConfigError(
-                f"the {split} batch size {num} is not divisible by the {world} DDP processes; "
-                "choose a batch size that is a multiple of the number of devices."
+                f"data.batch_size={num} does not divide among the {world} DDP processes; set it to a multiple "
+                f"of {world}, e.g. data.batch_size={' or data.batch_size='.join(map(str, fits))}."
             )
-        per_rank = num // world
-        return streams[:, rank * per_rank : (rank + 1) * per_rank].contiguous()
+        if num < world:
+            raise ConfigError(
+                f"data.eval_batch_size={num} gives fewer evaluation streams than the {world} DDP processes; "
+                f"set data.eval_batch_size={world} or more."
+            )
+        start, end = rank * num // world, (rank + 1) * num // world
+        return streams[:, start:end].contiguous()
 
     @property
     def vocab_size(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -408,3 +409,21 @@ def plot_alpha_sweep(runs: list[Run], out: Path) -> Path | None:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+# A table in a document that report.py keeps equal to the records it names:
+#   <!-- report: results/paper_small -->  ...the table...  <!-- /report -->
+REPORT_BLOCK = re.compile(r"(<!-- report: (?P<paths>[^>]*?) -->\n)(?P<table>.*?)(<!-- /report -->)", re.S)
+
+
+def report_tables(runs: list[Run]) -> str:
+    """The table of ``runs`` and, below it, the spread of those that differ only in their seed."""
+    table = markdown_table(runs)
+    repeats = repeats_table(runs)
+    return table + ("\nRuns that differ only in their seed, together:\n\n" + repeats if repeats else "")
+
+
+def render_report_blocks(text: str) -> str:
+    """``text`` with every report block's table regenerated from the records it names (paths relative
+    to the working directory, as written in the block)."""
+    return REPORT_BLOCK.sub(lambda m: m.group(1) + report_tables(find_runs(m.group("paths").split())) + m.group(4), text)

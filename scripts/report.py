@@ -2,10 +2,15 @@
 Runs still training, or stopped to be resumed, appear with the epochs they have validated.
 
     python scripts/report.py logs/reproduce/small [logs/multiruns/...] --out reports/small
+    python scripts/report.py --sync README.md docs/results.md   # regenerate the tables of committed records
 writes <out>/table.md (below it the mean and range of runs that differ only in their seed),
 <out>/val_curves.png and, for runs that differ in alpha, <out>/alpha.png (the PNGs need matplotlib:
 pip install -e ".[report]"), and the same two plots as text charts (val_curves.txt, alpha.txt) for
 places that show only text, such as the README.
+
+--sync rewrites, in the given documents, every table between `<!-- report: PATHS -->` and
+`<!-- /report -->` from the records under PATHS (results/...), so a committed table is always what
+those records give; a test checks it.
 """
 
 from __future__ import annotations
@@ -16,26 +21,33 @@ from pathlib import Path
 
 from lm.cli import report_user_errors
 from lm.errors import DataError
-from lm.report import (alpha_sweep_text, find_runs, markdown_table, plot_alpha_sweep, plot_val_curves,
-                       repeats_table, val_curves_text)
+from lm.report import (alpha_sweep_text, find_runs, plot_alpha_sweep, plot_val_curves, render_report_blocks,
+                       report_tables, val_curves_text)
 
 
 @report_user_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", help="run folders, multirun folders, or folders holding them")
+    parser.add_argument("paths", nargs="*", help="run folders, multirun folders, or folders holding them")
     parser.add_argument("--out", default="reports", help="folder for table.md and the plots")
+    parser.add_argument("--sync", nargs="+", type=Path, metavar="DOC", help="regenerate the report blocks of these documents")
     args = parser.parse_args()
+    if args.sync:
+        for doc in args.sync:
+            text = doc.read_text()
+            updated = render_report_blocks(text)
+            doc.write_text(updated)
+            print(f"{doc}: {'updated' if updated != text else 'already up to date'}")
+        return
+    if not args.paths:
+        parser.error("give run folders to report on, or --sync DOC ...")
     runs = find_runs(args.paths)
     if not runs:
         raise DataError(f"no run folders below {', '.join(args.paths)} (none has metrics.json, or a .hydra config "
                         "and a validation in csv/metrics.csv); point at folders written by train.py.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(runs)
-    repeats = repeats_table(runs)
-    if repeats:
-        table += "\nRuns that differ only in their seed, together:\n\n" + repeats
+    table = report_tables(runs)
     (out / "table.md").write_text(table)
     print(table)
     for name, chart in (("val_curves.txt", val_curves_text(runs)), ("alpha.txt", alpha_sweep_text(runs))):

@@ -86,8 +86,20 @@ def test_ddp_ranks_take_disjoint_contiguous_stream_slices(corpus):
     full = dm._streams["train"]
     halves = [CorpusDataModule._shard(batchify(dm._ids["train"], 4), r, 2, "train") for r in (0, 1)]
     assert torch.equal(torch.cat(halves, dim=1), full)
-    with pytest.raises(ConfigError, match="not divisible"):
+    with pytest.raises(ConfigError, match=r"data.batch_size=4 does not divide among the 3 DDP processes; .*"
+                                          r"data.batch_size=3 or data.batch_size=6"):
         CorpusDataModule._shard(full, 0, 3, "train")
+
+
+@pytest.mark.parametrize("world", [2, 3, 4, 8, 10])
+def test_evaluation_streams_split_over_any_number_of_processes(world):
+    streams = torch.arange(7 * 10).view(7, 10)  # 10 streams, the default data.eval_batch_size
+    shards = [CorpusDataModule._shard(streams, r, world, "valid") for r in range(world)]
+    assert torch.equal(torch.cat(shards, dim=1), streams)  # every stream once, in order
+    assert max(s.size(1) for s in shards) - min(s.size(1) for s in shards) <= 1 and min(s.size(1) for s in shards) > 0
+    with pytest.raises(ConfigError, match="data.eval_batch_size=10 gives fewer .* 16 DDP processes; set "
+                                          "data.eval_batch_size=16"):
+        CorpusDataModule._shard(streams, 0, 16, "valid")
 
 
 def test_missing_split_names_the_folder_and_the_setting(tmp_path, corpus):

@@ -61,7 +61,8 @@ def test_ddp_validation_perplexity_of_a_checkpoint_equals_single_process(corpus,
     run_dir = _train(corpus, tmp_path / "run", "trainer.max_epochs=1", "trainer.limit_train_batches=10")
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     scores = {}
-    for name, extra in (("single", []), ("ddp", DDP)):
+    # 3 evaluation streams on 2 processes: uneven slices (2 and 1), token-weighted together.
+    for name, extra in (("single", ["data.eval_batch_size=3"]), ("ddp", [*DDP, "data.eval_batch_size=3"])):
         result = run_script("evaluate.py", *TINY, f"data.data_dir={corpus}", f"ckpt_path={ckpt}",
                             f"hydra.run.dir={tmp_path / ('eval_' + name)}", *extra)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -74,7 +75,7 @@ def test_batch_not_divisible_by_processes_is_one_clear_line(corpus, tmp_path):
     result = run_script("train.py", *TINY, f"data.data_dir={corpus}", "data.batch_size=3", *DDP,
                         f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode != 0
-    assert "not divisible by the 2 DDP processes" in result.stderr
+    assert "error: data.batch_size=3 does not divide among the 2 DDP processes" in result.stderr
 
 
 def test_variable_bptt_on_two_processes_equals_one_process(corpus, tmp_path):

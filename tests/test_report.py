@@ -1,10 +1,12 @@
 """scripts/report.py and scripts/reproduce.py: the table from run folders, next to the paper's numbers."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from conftest import TINY, compose_cfg, run_script
+from conftest import REPO, TINY, compose_cfg, run_script
 
 
 def _fake_run(folder, model, loss, test_ppl, alpha=None, curve=(300.0, 200.0), overrides=()):
@@ -222,3 +224,48 @@ def test_report_skips_a_half_written_record_and_a_cut_row_with_a_warning(tmp_pat
     assert "metrics.csv, line 6: not a whole row of numbers; skipped" in result.stderr
     table = (tmp_path / "report" / "table.md").read_text()
     assert "| VD | small |" in table and "| RE |" not in table
+
+
+def test_committed_tables_are_what_report_py_makes_of_the_committed_records(monkeypatch):
+    from conftest import REPO
+    from lm.report import REPORT_BLOCK, render_report_blocks
+
+    monkeypatch.chdir(REPO)  # the blocks name their records relative to the repository
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    blocks = 0
+    for doc in docs:
+        text = doc.read_text()
+        blocks += len(REPORT_BLOCK.findall(text))
+        assert render_report_blocks(text) == text, f"{doc.name}: run python scripts/report.py --sync {doc.relative_to(REPO)}"
+    assert blocks >= 2  # the README's results block and the results document's
+
+
+def test_sync_rewrites_a_stale_block_and_record_keeps_no_machine_path(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    runs = tmp_path / "machine" / "runs"
+    _fake_run(runs / "vd", "untied", "ce", 90.3, overrides=("experiment=small_vd",))
+    (runs / "vd" / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create({"hydra": {
+        "runtime": {"choices": {"model": "untied", "loss": "ce", "size": "small"}},
+        "overrides": {"task": ["experiment=small_vd"], "hydra": [f"hydra.run.dir={runs / 'vd'}", "hydra.mode=RUN"]},
+    }}), runs / "vd" / ".hydra" / "hydra.yaml")
+    OmegaConf.save(compose_cfg(["experiment=small_vd"], runs / "vd"), runs / "vd" / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(["experiment=small_vd"]), runs / "vd" / ".hydra" / "overrides.yaml")
+    monkeypatch.chdir(tmp_path)
+    result = run_script("record.py", str(runs / "vd"), str(tmp_path / "results" / "set" / "vd"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = tmp_path / "results" / "set" / "vd"
+    assert not list(record.rglob("*.ckpt"))
+    for path in record.rglob("*"):
+        assert not path.is_file() or str(tmp_path) not in path.read_text(), path
+    assert (record / "command.txt").read_text() == "python scripts/train.py experiment=small_vd hydra.run.dir=<run>\n"
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Results\n\n<!-- report: results/set -->\nan old table\n<!-- /report -->\nafter\n")
+    synced = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), "--sync", str(doc)],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert synced.returncode == 0, synced.stderr[-3000:]
+    text = doc.read_text()
+    assert "an old table" not in text and "| VD | small | 1 | - |" in text and "`results/set/vd`" in text
+    assert text.endswith("<!-- /report -->\nafter\n")
