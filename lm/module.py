@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import pytorch_lightning as pl
@@ -16,23 +17,31 @@ from lm.model import Hidden, LSTMLanguageModel, detach_hidden
 from lm.schedules import Constant, HeldPlateau, Schedule, lr_decay_factor
 
 LR_SCHEDULES = ("decay", "plateau", "none")
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(UserError):
     """The training loss became NaN or infinite; the run stops without saving."""
 
 
-def _rng_state() -> dict:
+def _rng_state(device: torch.device) -> dict:
+    """This process's dropout RNG: the CPU generator and, on a GPU, the generator of its own device."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].clone())  # clone: a view's storage offset would be ignored
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].clone(), device)
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Seed this process's dropout masks by rank (the data order does not depend on it): with one seed
+    on every rank, stream j and stream j + B/N of a DDP run would draw identical masks."""
+    torch.manual_seed(seed + 1_000_003 * rank)  # also seeds every CUDA device
 
 
 class LanguageModelTask(pl.LightningModule):
@@ -129,9 +138,20 @@ class LanguageModelTask(pl.LightningModule):
     def on_train_start(self) -> None:
         self._set_loader_epoch()  # a run resumed mid-epoch continues in that epoch's windows
         resumed, self._resumed = self._resumed, None
+        rank, world = self.trainer.global_rank, self.trainer.world_size
         if resumed is None:
+            if world > 1:
+                seed_rank(torch.initial_seed(), rank)
             return
-        _set_rng_state(resumed["rng"])
+        saved = resumed["rng"]
+        saved = [saved] if isinstance(saved, dict) else saved  # one process's state, or one per rank
+        if len(saved) == world:
+            _set_rng_state(saved[rank], self.device)
+        else:  # resumed on another number of processes: fresh masks, still distinct per rank
+            log.warning("the checkpoint holds the RNG state of %d processes and this run has %d: dropout masks "
+                        "are drawn afresh, so the run is equivalent to, not identical with, an unbroken one",
+                        len(saved), world)
+            seed_rank(torch.initial_seed() + self.global_step, rank)
         if resumed["target_snapshot"] is not None and hasattr(self.loss, "target_snapshot"):
             self.loss.target_snapshot = resumed["target_snapshot"].to(self.device)
         done = resumed["windows_done"]
@@ -291,9 +311,18 @@ class LanguageModelTask(pl.LightningModule):
         hidden = self._hidden["train"]
         checkpoint["train_hidden"] = None if hidden is None else [(h.cpu(), c.cpu()) for h, c in hidden]
         checkpoint["train_windows_done"] = self._windows_done
-        checkpoint["rng"] = _rng_state()
+        checkpoint["rng"] = self._all_rng_states()
         snapshot = getattr(self.loss, "target_snapshot", None)  # loss.target_refresh > 1
         checkpoint["target_snapshot"] = None if snapshot is None else snapshot.cpu()
+
+    def _all_rng_states(self) -> list[dict]:
+        """Every rank's RNG state, in rank order (every rank saves a checkpoint at the same step)."""
+        mine = _rng_state(self.device)
+        if self.trainer.world_size == 1:
+            return [mine]
+        gathered = {key: self.trainer.strategy.all_gather(value.to(self.device)).cpu() for key, value in mine.items()}
+        # Copies, not views into one gathered tensor: torch.set_rng_state reads a state from its storage's start.
+        return [{key: value[r].clone() for key, value in gathered.items()} for r in range(self.trainer.world_size)]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng" in checkpoint:

@@ -134,3 +134,28 @@ def test_close_distributed_destroys_the_process_group():
     close_distributed()
     assert not torch.distributed.is_initialized()
     close_distributed()  # no group left: nothing to do
+
+
+def test_each_rank_draws_its_own_masks_and_a_resumed_ddp_run_is_exact(corpus, tmp_path):
+    run = ["model.dropout_state=0.3", "trainer.limit_train_batches=6", "trainer.limit_val_batches=2", *DDP]
+    unbroken = _train_with_dropout(corpus, tmp_path / "unbroken", *run, "trainer.max_epochs=2")
+    stopped = _train_with_dropout(corpus, tmp_path / "stopped", *run, "trainer.max_epochs=1")
+    saved = torch.load(stopped / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert len(saved["rng"]) == 2 and not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])
+    resumed = _train_with_dropout(corpus, tmp_path / "stopped", *run, "trainer.max_epochs=2", "resume=true")
+    a, b = _weights(unbroken), _weights(resumed)
+    for name in a:  # rank 1 resumed with its own generator, not rank 0's
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+
+    # On one process the two saved states cannot both be used: fresh masks, a warning, and it trains.
+    single = run_script("train.py", *TINY, f"data.data_dir={corpus}", "model.dropout_state=0.3",
+                        "trainer.limit_train_batches=6", "trainer.limit_val_batches=2", "trainer.max_epochs=3",
+                        f"ckpt_path={stopped / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path / 'one'}")
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "the checkpoint holds the RNG state of 2 processes and this run has 1" in single.stdout + single.stderr
+
+
+def _train_with_dropout(corpus, run_dir, *overrides):
+    result = run_script("train.py", *TINY, f"data.data_dir={corpus}", f"hydra.run.dir={run_dir}", *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir

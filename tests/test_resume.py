@@ -309,3 +309,22 @@ def test_an_ignored_sigint_stays_ignored():
     finally:
         signal.signal(signal.SIGINT, before)
         signal.signal(signal.SIGTERM, sigterm_before)
+
+
+def test_rng_state_holds_this_process_s_own_cuda_device_only(monkeypatch):
+    """The CUDA generator saved is the one of this process's device, not one per visible device (which
+    breaks when a job resumes on fewer GPUs); restored to the same device. CUDA mocked."""
+    from lm.module import _rng_state, _set_rng_state
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: calls.append(("get", device)) or torch.full((16,), 7, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(("set", device, int(state[0]))))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("indexed by device count"))
+    device = torch.device("cuda", 3)
+    state = _rng_state(device)
+    assert set(state) == {"torch", "cuda"} and calls == [("get", device)]
+    before = torch.get_rng_state()
+    torch.rand(5)
+    _set_rng_state(state, device)
+    assert torch.equal(torch.get_rng_state(), before) and calls[-1] == ("set", device, 7)
+    assert set(_rng_state(torch.device("cpu"))) == {"torch"}
