@@ -63,7 +63,18 @@ def _instantiate_dict(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
+def enable_tf32(accelerator: str) -> bool:
+    """Float32 matrix products in TF32 on a GPU run (Ampere or newer; elsewhere a no-op): the classifier and
+    the LSTMs, which run in float32 also under autocast (lm/model.py), at tensor-core speed. Not on CPU."""
+    if accelerator not in ("gpu", "cuda", "auto") or not torch.cuda.is_available():
+        return False
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
 def build_trainer(cfg: DictConfig, with_callbacks: bool = True, with_logger: bool = True) -> pl.Trainer:
+    enable_tf32(str(cfg.trainer.get("accelerator", "auto")))
     callbacks = _instantiate_dict(cfg.get("callbacks")) if with_callbacks else []
     loggers = _instantiate_dict(cfg.get("logger")) if with_logger else False
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)

@@ -153,3 +153,19 @@ def test_tuned_small_presets_set_variational_lstm_dropout_and_plateau_schedule(t
     assert (tuned.model.dropout_words, tuned.model.dropout_recurrent, tuned.model.dropout_state) == (0.1, 0.2, 0.0)
     assert tuned.optim.lr_schedule.kind == "plateau"
     assert compose_cfg(["experiment=small_vd"], tmp_path).optim.lr_schedule.kind == "decay"
+
+
+def test_tf32_is_enabled_for_gpu_runs_only(monkeypatch):
+    from lm.build import enable_tf32
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert not enable_tf32("cpu") and torch.get_float32_matmul_precision() == "highest"
+        assert enable_tf32("gpu") and torch.get_float32_matmul_precision() == "high"
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        torch.set_float32_matmul_precision("highest")
+        assert not enable_tf32("auto") and torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision(before)
