@@ -228,13 +228,20 @@ class LanguageModelTask(pl.LightningModule):
                 self._unchecked_loss = current
             else:
                 pending = current
-        if pending is None or torch.isfinite(pending[0]).item():
+        if pending is None:
             return
         value, step, window = pending
+        bad = (~torch.isfinite(value)).to(torch.float32)
+        if self.trainer.world_size > 1:  # every rank stops at the same step, or the others would hang
+            bad = self.trainer.strategy.reduce(bad.clone(), reduce_op="max")  # in the next collective
+        if not bad.item():
+            return
+        where = "" if not torch.isfinite(value).item() or self.trainer.world_size == 1 else " on another process"
         callback = self.trainer.checkpoint_callback
         last = callback and (callback.last_model_path or callback.best_model_path)
         raise NonFiniteLoss(
-            f"training loss is {value.item()} at step {step} (epoch {self.current_epoch}, window {window}); "
+            f"training loss is {'not finite' if where else value.item()}{where} at step {step} "
+            f"(epoch {self.current_epoch}, window {window}); "
             f"stopped without saving, so checkpoints keep the last finite model"
             + (f": resume from {last}" if last else " (none was written yet)")
             + ". Lower the learning rate (optim.optimizer.lr) or clip harder (trainer.gradient_clip_val)."

@@ -159,3 +159,16 @@ def _train_with_dropout(corpus, run_dir, *overrides):
     result = run_script("train.py", *TINY, f"data.data_dir={corpus}", f"hydra.run.dir={run_dir}", *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(corpus, tmp_path):
+    poison = ["+callbacks.poison._target_=poison.PoisonRank", "+callbacks.poison.rank=1", "+callbacks.poison.step=3"]
+    start = time.time()
+    result = run_script("train.py", *TINY, f"data.data_dir={corpus}", *DDP, *poison, "trainer.max_epochs=1",
+                        f"hydra.run.dir={tmp_path / 'run'}", env={"PYTHONPATH": str(REPO / "tests")}, timeout=240)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert time.time() - start < 120  # not the collective's timeout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: training loss")]
+    assert len(errors) == 2 and all("at step 3 " in e for e in errors), errors  # both ranks, the same step
+    assert sum("on another process" in e for e in errors) == 1
+    assert not (tmp_path / "run" / "metrics.json").exists()
