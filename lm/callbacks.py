@@ -87,8 +87,9 @@ class SaveOnStop(pl.Callback):
     During training both signals are only noted; the run stops at the end of the step in progress
     (``SIGTERMException`` or ``StopRequested``), or, for a signal during validation, at the end of the
     next training step, so that the epoch's val/ppl, ``best.ckpt`` and plateau schedule miss nothing.
-    Under DDP the processes agree at every step (one all-reduce of a flag), so all stop after the
-    same step whichever of them got a signal. Lightning's own SIGTERM handler is replaced meanwhile:
+    Under DDP the processes agree every ``check_every`` steps (one all-reduce of a flag, which makes
+    the host wait for the device, so not at every step), so all stop after the same step whichever of
+    them got a signal. Lightning's own SIGTERM handler is replaced meanwhile:
     it broadcasts from inside the handler, once per signal, and rank 0 also forwards SIGTERM to the
     ranks it started, so a SIGTERM to all of them (``kill -TERM -<pgid>``) hangs the run, as does
     one to a rank other than 0. A second Ctrl-C stops at once, without saving.
@@ -97,7 +98,8 @@ class SaveOnStop(pl.Callback):
 
     _SEVERITY = {None: 0, "Ctrl-C": 1, "SIGTERM": 2}  # processes that disagree stop for the highest
 
-    def __init__(self):
+    def __init__(self, check_every: int = 10):
+        self.check_every = check_every
         self.requested: str | None = None
         self._previous_handlers: dict[int, object] = {}
 
@@ -129,6 +131,8 @@ class SaveOnStop(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         severity = self._SEVERITY[self.requested]
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            if trainer.global_step % self.check_every:
+                return
             flag = torch.tensor([severity], device=pl_module.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             severity = int(flag.item())

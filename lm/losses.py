@@ -224,10 +224,11 @@ class _FusedAugmentedLoss(torch.autograd.Function):
         n, v = logits.shape
         # Tensors, not floats: a float would be baked into the compiled code and recompiled for every
         # value an alpha or tau schedule takes.
-        alpha_t = torch.tensor(alpha, dtype=torch.float32, device=logits.device)
-        tau_t = torch.tensor(tau, dtype=torch.float32, device=logits.device)
+        # torch.full, not torch.tensor: a fill on the device, not a copy from the host.
+        alpha_t = torch.full((), alpha, dtype=torch.float32, device=logits.device)
+        tau_t = torch.full((), tau, dtype=torch.float32, device=logits.device)
         target_logits, target_lse = kernels.target_logits(rows, emb, tau_t)
-        inv_n = torch.tensor(1.0 / n, dtype=torch.float32, device=logits.device)
+        inv_n = torch.full((), 1.0 / n, dtype=torch.float32, device=logits.device)
         chunk = max(1, chunk_elements // v)
         grad = None if chunk >= n else torch.empty(n, v, dtype=torch.float32, device=logits.device)
         ce_sum = kl_sum = 0.0

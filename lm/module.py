@@ -260,7 +260,9 @@ class LanguageModelTask(pl.LightningModule):
         ce = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.reshape(-1))
         metric.update(ce, y.numel())
         if stage == "val" and self._tau_in_force is not None:
-            counts = torch.bincount(y.reshape(-1), minlength=logits.size(-1))
+            # index_add, not bincount: bincount reads the largest id back to the host first.
+            y = y.reshape(-1)
+            counts = torch.zeros(logits.size(-1), dtype=torch.long, device=y.device).index_add_(0, y, torch.ones_like(y))
             self._val_word_counts = counts if self._val_word_counts is None else self._val_word_counts + counts
 
     def on_validation_epoch_end(self) -> None:

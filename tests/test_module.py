@@ -246,3 +246,50 @@ def test_plateau_hold_ignores_the_first_epochs_and_survives_a_resume():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25)
     with pytest.raises(ConfigError, match="plateau_hold"):
         HeldPlateau(optimizer, hold_epochs=-1)
+
+
+def test_one_training_step_forces_only_the_allowed_host_syncs(corpus, tmp_path):
+    """Ops that make the host wait for the device, counted in one whole step (forward, loss, backward,
+    clipping, update, logging) on CPU. Allowed: the augmented loss's torch.unique (y~ once per distinct
+    target word) and the finite check's read (on a GPU, of the previous step's loss, already computed)."""
+    from collections import Counter
+
+    import pytorch_lightning as pl
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from conftest import TINY, compose_cfg
+    from lm.build import build_datamodule, build_task, build_trainer
+
+    syncing = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "bincount",
+               "masked_select", "equal", "is_nonzero"}
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in syncing:
+                self.ops[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    class Spy(pl.Callback):
+        mode = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 3:
+                self.mode = Count().__enter__()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 3:
+                self.mode.__exit__(None, None, None)
+
+    cfg = compose_cfg([*TINY, f"data.data_dir={corpus}", "loss=augmented", "trainer.max_epochs=1",
+                       "trainer.limit_train_batches=5", "trainer.limit_val_batches=1"], tmp_path)
+    dm = build_datamodule(cfg)
+    task = build_task(cfg, dm)
+    trainer = build_trainer(cfg, with_logger=False)
+    spy = Spy()
+    trainer.callbacks.append(spy)
+    trainer.fit(task, datamodule=dm)
+    assert dict(spy.mode.ops) == {"_unique2": 1, "_local_scalar_dense": 1}
