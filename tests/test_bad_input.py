@@ -13,6 +13,9 @@ import torch
 from conftest import TINY, run_script, write_corpus
 from test_download import _serve, _Truncating
 
+pytestmark = pytest.mark.slow  # a subprocess per case (python -m pytest -m slow); tests/test_checkpoint.py runs the
+                               # checkpoint cases in-process in the default set
+
 
 def _snapshot(run_dir):
     # .hydra/ and the log are rewritten by every run pointed at the folder; the results must not be.

@@ -18,6 +18,7 @@ def test_slurm_config_gives_one_task_per_device_and_resumes(tmp_path):
     assert launcher.max_num_timeout > 0 and cfg.resume is True
 
 
+@pytest.mark.slow
 def test_submitit_sweep_runs_one_job_per_point(corpus, tmp_path):
     """The same plugin path as SLURM, with submitit's local executor: one job (process) per alpha."""
     sweep = tmp_path / "sweep"

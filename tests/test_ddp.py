@@ -16,6 +16,8 @@ import torch
 from conftest import NO_DROPOUT, REPO, TINY, run_script, write_corpus
 from lm.build import close_distributed
 
+pytestmark = pytest.mark.slow  # each test starts two processes (python -m pytest -m slow)
+
 DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
 # NO_DROPOUT: each process draws its own masks, so only a deterministic model can match exactly.
 

@@ -89,6 +89,7 @@ def test_embedding_frozen_for_the_first_epochs_then_trained(corpus, tmp_path):
     assert not torch.equal(snapshots[2][0], start)  # epoch 2: trained
 
 
+@pytest.mark.slow
 def test_train_py_reports_how_many_words_were_found(corpus, tmp_path):
     probe = compose_cfg([*TINY, f"data.data_dir={corpus}"], tmp_path)
     dm = build_datamodule(probe)

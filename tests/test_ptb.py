@@ -18,6 +18,7 @@ def test_checksums_and_vocabulary(tmp_path):
     assert not any(dm.oov.values())  # the Mikolov split maps rare words to <unk> already
 
 
+@pytest.mark.slow
 def test_a_few_hundred_batches_cut_validation_perplexity_far_below_untrained(tmp_path):
     cfg = compose_cfg(
         [f"data.data_dir={SHARED_PTB}", "data.download=false", "trainer.max_epochs=1",

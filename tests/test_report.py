@@ -125,6 +125,7 @@ def test_report_without_runs_says_where_it_looked(tmp_path):
     assert result.returncode == 2 and f"error: no run folders below {tmp_path}" in result.stderr
 
 
+@pytest.mark.slow
 def test_reproduce_trains_both_stages_of_each_small_variant_once_and_writes_the_table(corpus, tmp_path):
     args = ["small", "--out", str(tmp_path / "repro"), "--variants", "vd,real", *TINY, f"data.data_dir={corpus}",
             "trainer.max_epochs=1", "trainer.limit_train_batches=3"]

@@ -84,7 +84,8 @@ def terminal_sigint():
     signal.signal(signal.SIGINT, before)
 
 
-@pytest.mark.parametrize("signum, exc", [(signal.SIGTERM, SIGTERMException), (signal.SIGINT, StopRequested)])
+@pytest.mark.parametrize("signum, exc", [(signal.SIGTERM, SIGTERMException),
+                                         pytest.param(signal.SIGINT, StopRequested, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("where", ["mid_epoch", "epoch_end"])
 def test_stop_and_resume_matches_an_unbroken_run(unbroken, tmp_path, signum, exc, where, terminal_sigint):
     corpus, per_epoch, val_unbroken, params_unbroken = unbroken
@@ -104,6 +105,7 @@ def test_stop_and_resume_matches_an_unbroken_run(unbroken, tmp_path, signum, exc
         torch.testing.assert_close(value, params_unbroken[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_sigterm_during_validation_finishes_it_and_resume_loses_no_epoch(unbroken, tmp_path):
     corpus, per_epoch, val_unbroken, params_unbroken = unbroken
     stopped = ValHistory()
@@ -120,6 +122,7 @@ def test_sigterm_during_validation_finishes_it_and_resume_loses_no_epoch(unbroke
         torch.testing.assert_close(value, params_unbroken[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_resume_without_the_saved_state_would_differ(unbroken, tmp_path):
     """The comparison above can fail: dropping the carried LSTM state and RNG state changes the result."""
     corpus, per_epoch, val_unbroken, _ = unbroken
@@ -161,6 +164,7 @@ def test_non_finite_loss_stops_and_keeps_the_best_checkpoint(unbroken, tmp_path)
     assert not (tmp_path / "checkpoints" / "last.ckpt.tmp").exists()
 
 
+@pytest.mark.slow
 def test_train_script_killed_with_sigterm_resumes_to_the_same_result(tmp_path):
     """As on a cluster: SIGTERM while training, then the same command with resume=true."""
     import json
@@ -227,6 +231,7 @@ def test_train_script_killed_with_sigterm_resumes_to_the_same_result(tmp_path):
     assert [p for _, p in curve_resumed] == pytest.approx([p for _, p in curve_straight], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_resume_with_a_fixed_target_restores_the_copy(tmp_path):
     """loss.target_refresh=7: the resumed run must use the copy taken before the stop, not a new one."""
     from conftest import write_corpus
@@ -263,6 +268,7 @@ class WindowLengths(pl.Callback):
         self.lengths.append((trainer.current_epoch, batch[0].size(0)))
 
 
+@pytest.mark.slow
 def test_variable_bptt_resumes_mid_epoch_in_the_same_windows(corpus, tmp_path):
     variable = ["data.variable_bptt=true", "data.bptt_std=3"]
     straight_lengths = WindowLengths()

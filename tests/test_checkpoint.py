@@ -1,0 +1,62 @@
+"""Reading checkpoints: nothing in a file runs, damage and mismatches are one clear error (in-process;
+tests/test_bad_input.py runs the same cases through every script)."""
+
+import pytest
+import torch
+
+from lm.checkpoint import check_compatible, load_checkpoint
+from lm.errors import ConfigError, DataError
+from lm.model import LSTMLanguageModel
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):  # unpickling calls open(path, "w"): a file appears if anything ran
+        return open, (self.path, "w")
+
+
+def _checkpoint(model, **extra):
+    return {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "vocab": ["a", "b"], **extra}
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_nothing_runs(tmp_path):
+    model = LSTMLanguageModel(vocab_size=2, emb_size=4, hidden_size=4)
+    marker = tmp_path / "ran"
+    torch.save(_checkpoint(model, note=_Payload(marker)), tmp_path / "crafted.ckpt")
+    with pytest.raises(DataError, match=r"holds Python objects besides tensors .* Use a checkpoint that train.py wrote"):
+        load_checkpoint(tmp_path / "crafted.ckpt")
+    assert not marker.exists()
+    torch.save(_checkpoint(model), tmp_path / "good.ckpt")
+    assert load_checkpoint(tmp_path / "good.ckpt")["vocab"] == ["a", "b"]
+
+
+def test_lightning_reads_through_the_same_safe_load(tmp_path):
+    from lm.checkpoint import SafeCheckpointIO
+
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": {}, "note": _Payload(marker)}, tmp_path / "crafted.ckpt")
+    with pytest.raises(DataError, match="holds Python objects"):
+        SafeCheckpointIO().load_checkpoint(tmp_path / "crafted.ckpt", weights_only=False)  # whatever is asked
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content, message", [(b"\x00garbage" * 100, "truncated or corrupt"), (None, "does not exist")])
+def test_damaged_or_missing_checkpoint_is_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "x.ckpt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_of_another_size_or_variant_is_refused():
+    small = LSTMLanguageModel(vocab_size=2, emb_size=4, hidden_size=4)
+    with pytest.raises(ConfigError, match="another model size"):
+        check_compatible(_checkpoint(small), "x.ckpt", LSTMLanguageModel(vocab_size=2, emb_size=6, hidden_size=6), None)
+    with pytest.raises(ConfigError, match="another model variant"):
+        check_compatible(_checkpoint(small), "x.ckpt", LSTMLanguageModel(vocab_size=2, emb_size=4, hidden_size=4,
+                                                                         tie_weights=True, output_bias=False), None)
+    with pytest.raises(DataError, match="another vocabulary"):
+        check_compatible(_checkpoint(small), "x.ckpt", small, ["a", "c"])
