@@ -169,3 +169,29 @@ def test_tf32_is_enabled_for_gpu_runs_only(monkeypatch):
         assert not enable_tf32("auto") and torch.get_float32_matmul_precision() == "highest"
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_the_gpu_trainer_builds_and_steps_with_bf16_autocast_on_cpu(corpus, tmp_path):
+    """trainer=gpu's precision on CPU autocast: the step runs, the loss is finite, the LSTMs stay float32."""
+    cfg = compose_cfg([*TINY, f"data.data_dir={corpus}", "trainer=gpu", "trainer.accelerator=cpu",
+                       "debug=fast_dev_run"], tmp_path)
+    assert cfg.trainer.precision == "bf16-mixed"
+    dm = build_datamodule(cfg)
+    task = build_task(cfg, dm)
+    seen = []
+    task.model.lstms[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    trainer = build_trainer(cfg)
+    before = task.model.embedding.weight.detach().clone()
+    trainer.fit(task, datamodule=dm)
+    assert not torch.equal(before, task.model.embedding.weight) and math.isfinite(trainer.callback_metrics["val/ppl"])
+    assert seen and set(seen) == {torch.float32}
+
+
+@pytest.mark.gpu
+def test_the_gpu_trainer_runs_on_a_gpu(corpus, tmp_path):
+    cfg = compose_cfg([*TINY, f"data.data_dir={corpus}", "trainer=gpu", "debug=fast_dev_run"], tmp_path)
+    dm = build_datamodule(cfg)
+    task = build_task(cfg, dm)
+    trainer = build_trainer(cfg)
+    trainer.fit(task, datamodule=dm)
+    assert task.model.embedding.weight.device.type == "cuda" and math.isfinite(trainer.callback_metrics["val/ppl"])
