@@ -3,9 +3,9 @@
 A training step frees and reallocates tens of megabytes of (tokens x vocabulary) tensors. By default
 glibc returns such blocks to the kernel when they are freed (blocks above its mmap threshold, and free
 memory at the top of the heap above its trim threshold), so the next step page-faults them back in,
-zero-filled. On the 2-core CPU this project was measured on, that was about 7x the page faults and
-10-20% of the step time of the small model (README, "Performance"). Fixing both thresholds makes freed
-blocks stay in the process for the next step; the resident set then stays at its peak.
+zero-filled: many times the page faults, and a noticeable share of a small model's step time on CPU
+(compare with scripts/benchmark.py --default-malloc). Fixing both thresholds makes freed blocks stay in
+the process for the next step; the resident set then stays at its peak.
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ _NOT_TRAINING = ("paths.", "resume", "ckpt_path", "init_from", "data.data_dir", 
                  "callbacks.progress_bar.", "logger.")
 # Keys added to the configs later, with the value that does what runs from before them did: a run
 # without the key is not set apart from today's preset for lacking it.
-_BEFORE_ADDED = {"optim.lr_schedule.plateau_hold": 0}
+_BEFORE_ADDED = {"optim.lr_schedule.plateau_hold": 0, "model.dropout_state": 0.0}
 
 
 def _add_preset_diffs(runs: list[Run]) -> None:

@@ -75,7 +75,7 @@ class HeldPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
     """``ReduceLROnPlateau`` that ignores the first ``hold_epochs`` validations, which also do not
     count as the best so far. While a tau or alpha schedule is still ramping, the objective itself
     moves, and a rise in val/ppl says nothing about the learning rate: counted, such rises cut the
-    rate of small REAL with tau rising over 20 epochs to 4e-9 after epoch 28 (README)."""
+    rate again and again while a tau ramp is still running."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, hold_epochs: int = 0, **kwargs):
         if not isinstance(hold_epochs, int) or hold_epochs < 0:
