@@ -71,6 +71,20 @@ class Vocabulary:
         return cls(Path(path).read_text(encoding="utf-8").split("\n")[:-1])
 
 
+DEVICE_TOKENS = 1 << 27  # corpora up to this many tokens (1 GiB as int64) live on the accelerator
+
+
+def place_streams(streams: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, bool]:
+    """Where a split's token streams live, and whether its windows are pinned for the copy. On an
+    accelerator a corpus of up to ``DEVICE_TOKENS`` tokens moves there once (PTB's training split is
+    7 MB), so a step copies nothing; a larger one stays in host memory, pinned on CUDA."""
+    if device.type == "cpu":
+        return streams, False
+    if streams.numel() <= DEVICE_TOKENS:
+        return streams.to(device), False
+    return streams, device.type == "cuda"
+
+
 def split_path(data_dir: Path, split: str, files: dict[str, str] | None = None) -> Path | None:
     """``files[split]`` when given, else ``ptb.<split>.txt`` or ``<split>.txt``, whichever exists."""
     names = [files[split]] if files else [f"ptb.{split}.txt", f"{split}.txt"]
@@ -373,7 +387,8 @@ class CorpusDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str) -> WindowLoader:
         trainer = getattr(self, "trainer", None)
-        pin = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        self._streams[split], pin = place_streams(self._streams[split], device)
         variable = self.epoch_windows if split == "train" and self.variable_bptt else None
         return WindowLoader(self.windows(split), pin_memory=pin, epoch_windows=variable)
 

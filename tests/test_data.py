@@ -2,7 +2,7 @@ import torch
 import pytest
 
 from conftest import write_corpus
-from lm.data import EOS, UNK, BPTTWindows, CorpusDataModule, Vocabulary, batchify, read_lines
+from lm.data import EOS, UNK, BPTTWindows, CorpusDataModule, Vocabulary, batchify, place_streams, read_lines
 from lm.errors import ConfigError, DataError
 
 
@@ -201,3 +201,15 @@ def test_loader_set_epoch_switches_to_that_epochs_windows(corpus):
 def test_split_files_must_name_the_three_splits(corpus):
     with pytest.raises(ConfigError, match="data.files must name exactly the splits"):
         CorpusDataModule(str(corpus), files={"train": "a", "valid": "b"})
+
+
+def test_streams_move_to_the_accelerator_once_unless_too_large(monkeypatch):
+    import lm.data
+
+    streams = torch.arange(40).view(10, 4)
+    assert place_streams(streams, torch.device("cpu")) == (streams, False)
+    moved, pin = place_streams(streams, torch.device("meta"))  # stands in for a GPU on a CPU-only machine
+    assert moved.device.type == "meta" and pin is False
+    monkeypatch.setattr(lm.data, "DEVICE_TOKENS", 39)
+    kept, pin = place_streams(streams, torch.device("meta"))
+    assert kept is streams and pin is False  # pinning is for CUDA copies only
