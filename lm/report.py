@@ -88,10 +88,10 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     return runs
 
 
-# Keys that say where a run reads and writes, or how it shows progress, not what it trains.
-# A stage-2 run's init_from is a path; the table's stage column says what it trains.
+# Keys that say where a run reads and writes, how it shows progress or when it stops on a signal, not
+# what it trains. A stage-2 run's init_from is a path; the table's stage column says what it trains.
 _NOT_TRAINING = ("paths.", "resume", "ckpt_path", "init_from", "data.data_dir", "data.download", "data.url", "data.sha256",
-                 "callbacks.progress_bar.", "logger.")
+                 "callbacks.progress_bar.", "callbacks.save_on_stop.", "trainer.plugins", "logger.")
 # Keys added to the configs later, with the value that does what runs from before them did: a run
 # without the key is not set apart from today's preset for lacking it.
 _BEFORE_ADDED = {"optim.lr_schedule.plateau_hold": 0, "model.dropout_state": 0.0}
