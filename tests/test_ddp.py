@@ -171,6 +171,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(corpus, tmp
     assert result.returncode == 2, result.stderr[-3000:]
     assert time.time() - start < 120  # not the collective's timeout
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: training loss")]
-    assert len(errors) == 2 and all("at step 3 " in e for e in errors), errors  # both ranks, the same step
-    assert sum("on another process" in e for e in errors) == 1
+    # Rank 0 reports the other rank's loss; rank 1's own line shows too unless rank 0's exit ends it first.
+    assert any("on another process at step 3 " in e for e in errors), errors
+    assert all("at step 3 " in e for e in errors) and len(errors) <= 2, errors  # one step for every rank
     assert not (tmp_path / "run" / "metrics.json").exists()
