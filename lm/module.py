@@ -330,8 +330,7 @@ class LanguageModelTask(pl.LightningModule):
         if self.trainer.world_size == 1:
             return [mine]
         gathered = {key: self.trainer.strategy.all_gather(value.to(self.device)).cpu() for key, value in mine.items()}
-        # Copies, not views into one gathered tensor: torch.set_rng_state reads a state from its storage's start.
-        return [{key: value[r].clone() for key, value in gathered.items()} for r in range(self.trainer.world_size)]
+        return [{key: value[r] for key, value in gathered.items()} for r in range(self.trainer.world_size)]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng" in checkpoint:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import TINY, run_script, write_corpus
+from test_checkpoint import _Payload
 from test_download import _serve, _Truncating
 
 pytestmark = pytest.mark.slow  # a subprocess per case (python -m pytest -m slow); tests/test_checkpoint.py runs the
@@ -189,16 +190,6 @@ def test_bad_checkpoint(earlier_run, tmp_path, script, case):
                             *overrides)
     _check(result, run_dir, before, fragment)
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
-
-
-class _Payload:
-    """Pickled as a call of open(path, "w"): unpickling it creates the file, as a crafted checkpoint would run code."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return open, (self.path, "w")
 
 
 @pytest.mark.parametrize("entry", ["train.py ckpt_path", "train.py resume", "train.py init_from", "evaluate.py",
