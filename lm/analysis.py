@@ -8,6 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 from lm.checkpoint import load_checkpoint, model_state
+from lm.data import Vocabulary
 from lm.errors import ConfigError, DataError
 from lm.model import LSTMLanguageModel
 
@@ -27,11 +28,11 @@ def subspace_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def target_neighbors(embedding: torch.Tensor, vocab: list[str], word: str, k: int = 10, tau: float = 1.0):
     """The k words with the highest target probability y~ = softmax(L L[word] / tau), with that probability."""
-    index = {w: i for i, w in enumerate(vocab)}
-    if word not in index:
+    index = Vocabulary(vocab).stoi.get(word)
+    if index is None:
         raise DataError(f"{word!r} is not in the checkpoint's vocabulary of {len(vocab)} words.")
     emb = embedding.detach().float()
-    probs = torch.softmax(emb @ emb[index[word]] / tau, dim=0)
+    probs = torch.softmax(emb @ emb[index] / tau, dim=0)
     top = probs.topk(min(k, len(vocab)))
     return [(vocab[i], float(p)) for p, i in zip(top.values, top.indices)]
 
@@ -74,15 +75,11 @@ def target_spread(embedding: torch.Tensor, counts: torch.Tensor, tau: float, k: 
 @torch.no_grad()
 def predict_next(model: LSTMLanguageModel, vocab: list[str], text: str, k: int = 10) -> list[tuple[str, float]]:
     """The k most probable next words after ``text`` (words outside the vocabulary read as <unk>)."""
-    index = {w: i for i, w in enumerate(vocab)}
     words = text.split()
     if not words:
         raise ConfigError("give at least one word of context.")
-    unk = index.get("<unk>")
-    ids = [index.get(w, unk) for w in words]
-    if None in ids:
-        raise DataError(f"{words[ids.index(None)]!r} is not in the vocabulary, which has no <unk>.")
-    tokens = torch.tensor(ids, device=model.embedding.weight.device)[:, None]  # (T, 1)
+    ids, _ = Vocabulary(vocab).encode([words])  # words outside it read as <unk>
+    tokens = ids.to(model.embedding.weight.device)[:, None]  # (T, 1)
     logits, _ = model(tokens, model.init_hidden(1))
     probs = torch.softmax(logits[-1, 0].float(), dim=-1)
     top = probs.topk(min(k, len(vocab)))

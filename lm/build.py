@@ -9,12 +9,17 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lm.data import CorpusDataModule
+from lm.data import CorpusDataModule, Vocabulary
+from lm.errors import ConfigError
 from lm.module import LanguageModelTask
 from lm.pretrained import init_embedding
+from lm.schedules import Schedule
 
 # model.* keys that build_task applies after building the model, not arguments of LSTMLanguageModel
 _APPLIED_AFTER = ("pretrained_vectors", "freeze_embedding_epochs")
+# loss.* keys that are the values the alpha and tau schedules end at (conf/alpha_schedule, conf/tau_schedule),
+# not arguments of the loss: the schedules produce the value in force at every step and the loss takes it per call
+_SCHEDULED = ("alpha", "tau")
 
 
 def model_config(cfg: DictConfig) -> dict:
@@ -33,30 +38,42 @@ def build_datamodule(cfg: DictConfig) -> CorpusDataModule:
     return datamodule
 
 
-def build_task(cfg: DictConfig, datamodule: CorpusDataModule, from_checkpoint: bool = False) -> LanguageModelTask:
-    """``from_checkpoint``: the weights will come from a checkpoint, so pre-trained vectors are not read
-    (a resumed run or an evaluation needs neither the file nor the time to scan it)."""
+def build_task(cfg: DictConfig, vocab: Vocabulary, from_checkpoint: bool = False) -> LanguageModelTask:
+    """The task for ``cfg`` over ``vocab`` (a data module's ``vocab``). ``from_checkpoint``: the weights will
+    come from a checkpoint, so pre-trained vectors are not read (a resumed run or an evaluation needs
+    neither the file nor the time to scan it)."""
     config = model_config(cfg)
-    model = instantiate(config, vocab_size=datamodule.vocab_size)
+    model = instantiate(config, vocab_size=len(vocab))
     if cfg.model.get("pretrained_vectors") and not from_checkpoint:
-        init_embedding(model.embedding, cfg.model.pretrained_vectors, datamodule.vocab.itos)
-    loss = instantiate(cfg.loss)
-    uses_alpha = getattr(loss, "uses_alpha", False)
-    alpha_schedule = instantiate(cfg.alpha_schedule) if uses_alpha else None
-    tau_schedule = instantiate(cfg.tau_schedule) if uses_alpha and "tau_schedule" in cfg else None
+        init_embedding(model.embedding, cfg.model.pretrained_vectors, vocab.itos)
+    loss, alpha_schedule, tau_schedule = build_loss(cfg)
     return LanguageModelTask(
         model=model,
         loss=loss,
         optimizer=instantiate(cfg.optim.optimizer),
-        lr_schedule=OmegaConf.to_container(cfg.optim.lr_schedule, resolve=True),
+        lr_schedule=instantiate(cfg.lr_schedule) if cfg.get("lr_schedule") else None,
         alpha_schedule=alpha_schedule,
         tau_schedule=tau_schedule,
-        vocab=datamodule.vocab.itos,
+        vocab=vocab.itos,
         sum_over_time=cfg.optim.sum_over_time,
         model_config=config,
         freeze_embedding_epochs=cfg.model.get("freeze_embedding_epochs", 0),
         mean_window=cfg.data.bptt if cfg.data.get("variable_bptt") else None,
     )
+
+
+def build_loss(cfg: DictConfig) -> tuple[torch.nn.Module, Schedule | None, Schedule | None]:
+    """The loss and, for one with an augmented term (its config declares ``alpha`` and ``tau``), the alpha
+    and tau schedules that produce the values in force at each step."""
+    loss = instantiate(OmegaConf.masked_copy(cfg.loss, [k for k in cfg.loss if k not in _SCHEDULED]))
+    if "alpha" not in cfg.loss:
+        return loss, None, None
+    alpha, tau = cfg.loss.alpha, cfg.loss.get("tau", 1.0)
+    if not alpha > 0:
+        raise ConfigError(f"loss.alpha must be > 0, got {alpha}. (alpha 0 is cross-entropy: use loss=ce.)")
+    if not tau > 0:
+        raise ConfigError(f"loss.tau must be > 0, got {tau}.")
+    return loss, instantiate(cfg.alpha_schedule), instantiate(cfg.tau_schedule)
 
 
 def _instantiate_dict(group: DictConfig | None) -> list[Any]:

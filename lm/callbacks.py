@@ -1,4 +1,5 @@
-"""Callbacks: training throughput and run time, and saving ``last.ckpt`` when a run is told to stop."""
+"""Callbacks: the paper's diagnostics, training throughput and run time, and saving ``last.ckpt`` when a run
+is told to stop."""
 
 from __future__ import annotations
 
@@ -12,7 +13,48 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from lm.analysis import subspace_distance, target_spread
+
 log = logging.getLogger(__name__)
+
+
+class PaperDiagnostics(pl.Callback):
+    """After each validation, logs what the paper argues with.
+
+    ``subspace_distance`` (untied models): how far the classifier W is from the span of the embedding L;
+    Section 6.2 of the paper shows the augmented loss pulling it in. ``target/self``, ``target/near``,
+    ``target/entropy`` (augmented loss): where y~ = softmax(L L[w] / tau) puts its mass at the tau in force,
+    averaged over the validation words w. Mostly on w itself, the augmented term repeats cross-entropy; on
+    w's nearest words, it credits them (the paper's aim); spread thin, it is label smoothing.
+    """
+
+    def __init__(self):
+        self._word_counts: torch.Tensor | None = None  # (V,) target words of this validation
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._word_counts = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.sanity_checking or not pl_module.augmented:
+            return
+        y = batch[1].reshape(-1)
+        vocab = pl_module.model.embedding.weight.size(0)
+        # index_add, not bincount: bincount reads the largest id back to the host first.
+        counts = torch.zeros(vocab, dtype=torch.long, device=y.device).index_add_(0, y, torch.ones_like(y))
+        self._word_counts = counts if self._word_counts is None else self._word_counts + counts
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        model = pl_module.model
+        if not model.tie_weights:
+            distance = subspace_distance(model.decoder.weight, model.embedding.weight)
+            pl_module.log("subspace_distance", distance, on_epoch=True, sync_dist=False)
+        if self._word_counts is not None:
+            counts = trainer.strategy.reduce(self._word_counts, reduce_op="sum")  # DDP: every shard's words
+            spread = target_spread(model.embedding.weight, counts, pl_module.current_tau())
+            for key, value in spread.items():
+                pl_module.log(f"target/{key}", value, on_epoch=True, sync_dist=False)
 
 
 class TrainThroughput(pl.Callback):
@@ -26,6 +68,10 @@ class TrainThroughput(pl.Callback):
     Also keeps the run's wall time across resumes (``wall_s``): a checkpoint holds the time spent up
     to it, and a resumed process adds its own, so a run stopped and continued in several sessions
     reports its whole cost (time after the last checkpoint of a stopped process is redone, so not counted).
+
+    Not Lightning's ``ThroughputMonitor``: it logs a rate over a moving window of recent steps, while the
+    record needs the run's average over its training time alone; nor its ``Timer``, which counts the fit
+    only, not the set-up and test pass that ``wall_s`` includes.
     """
 
     def __init__(self):

@@ -51,13 +51,15 @@ class Vocabulary:
 
     def encode(self, lines: list[list[str]]) -> tuple[torch.Tensor, Counter]:
         """Token ids of all lines, and how often each out-of-vocabulary word was mapped to ``<unk>``."""
-        unk = self.stoi[UNK]
+        unk = self.stoi.get(UNK)
         oov: Counter = Counter()
         ids = []
         for words in lines:
             for w in words:
                 i = self.stoi.get(w)
                 if i is None:
+                    if unk is None:
+                        raise DataError(f"{w!r} is not in the vocabulary, which has no {UNK}.")
                     oov[w] += 1
                     i = unk
                 ids.append(i)
@@ -168,7 +170,10 @@ class WindowLoader:
 
     A run resumed mid-epoch calls ``start_at`` with the number of windows its checkpoint had finished
     in that epoch. ``state_dict`` is what Lightning saves in checkpoints for a resumable loader (and it
-    then continues ``batch_idx`` mid-epoch); here it guards against resuming with other windows.
+    then continues ``batch_idx`` mid-epoch); here it guards against resuming with other windows. The
+    position itself is the task's count of windows trained, not a count kept here: when Lightning ends an
+    epoch early (``trainer.limit_train_batches``, ``max_steps``) the loader has not run out, and its count
+    would read as a run stopped mid-epoch (tests/test_resume.py shows it).
     ``epoch_windows`` (variable-length BPTT) gives each epoch its own windows; ``set_epoch`` picks them.
     """
 

@@ -32,9 +32,8 @@ class LossOutput(NamedTuple):
 
 
 class CrossEntropyLoss(nn.Module):
-    uses_alpha = False
-
-    def forward(self, logits, targets, embedding, alpha: float = 0.0, step: int = 0, tau: float | None = None) -> LossOutput:
+    def forward(self, logits, targets, embedding, alpha: float = 0.0, tau: float = 1.0, step: int = 0) -> LossOutput:
+        """``alpha`` and ``tau`` are ignored: the signature is the augmented loss's."""
         ce = F.cross_entropy(logits.float(), targets)
         return LossOutput(ce, ce, torch.zeros_like(ce))
 
@@ -42,8 +41,9 @@ class CrossEntropyLoss(nn.Module):
 class AugmentedLoss(nn.Module):
     """Cross-entropy plus ``alpha * tau * KL(y~ || y^)``, fused (see ``augmented_loss``).
 
-    ``alpha`` here is the configured value that alpha schedules end at; the value in force at each
-    step is passed to ``forward``. ``target_grad=True`` lets gradients flow into the embedding
+    ``alpha`` and ``tau`` are arguments of every call: the values in force at that step, which the
+    alpha and tau schedules produce (lm/schedules.py; ``loss.alpha`` and ``loss.tau`` in the configs are
+    the values they end at). ``target_grad=True`` lets gradients flow into the embedding
     through the target distribution (an ablation; the paper treats the target as a constant).
 
     ``target_refresh=K`` builds ``y~`` from a frozen copy of the embedding taken every K training
@@ -51,10 +51,8 @@ class AugmentedLoss(nn.Module):
     embedding that moves every step; K=1 is the paper's loss. It costs one copy of the embedding.
     """
 
-    uses_alpha = True
-
-    def __init__(self, alpha: float = 0.5, tau: float = 1.0, target_grad: bool = False, chunk_elements: int = 1 << 23,
-                 compile: bool | str = "auto", target_refresh: int = 1):
+    def __init__(self, target_grad: bool = False, chunk_elements: int = 1 << 23, compile: bool | str = "auto",
+                 target_refresh: int = 1):
         super().__init__()
         if not isinstance(target_refresh, int) or target_refresh < 1:
             raise ConfigError(f"loss.target_refresh must be a positive integer (steps), got {target_refresh!r}.")
@@ -67,18 +65,10 @@ class AugmentedLoss(nn.Module):
             raise ConfigError(f"loss.compile must be true, false or auto, got {compile!r}.")
         self.compile = compile
         self.kernels = Kernels() if compile else None  # this loss's own: a failed compile falls back here only
-        if not alpha > 0:
-            raise ConfigError(f"loss.alpha must be > 0, got {alpha}. (alpha 0 is cross-entropy: use loss=ce.)")
-        if not tau > 0:
-            raise ConfigError(f"loss.tau must be > 0, got {tau}.")
-        self.alpha = alpha
-        self.tau = tau
         self.target_grad = target_grad
         self.chunk_elements = chunk_elements
 
-    def forward(self, logits, targets, embedding, alpha: float, step: int = 0, tau: float | None = None) -> LossOutput:
-        """``tau``: the value of a tau schedule at this step; None is the configured ``loss.tau``."""
-        tau = self.tau if tau is None else tau
+    def forward(self, logits, targets, embedding, alpha: float, tau: float, step: int = 0) -> LossOutput:
         if self.target_refresh > 1:
             if self.target_snapshot is None or step % self.target_refresh == 0:
                 self.target_snapshot = embedding.detach().clone()

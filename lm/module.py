@@ -9,14 +9,11 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from lm.analysis import subspace_distance, target_spread
 from lm.errors import ConfigError, UserError
-from lm.losses import AugmentedLoss
 from lm.metrics import Perplexity
 from lm.model import Hidden, LSTMLanguageModel, detach_hidden
-from lm.schedules import Constant, HeldPlateau, Schedule, lr_decay_factor
+from lm.schedules import Schedule
 
-LR_SCHEDULES = ("decay", "plateau", "none")
 log = logging.getLogger(__name__)
 
 
@@ -51,9 +48,8 @@ class LanguageModelTask(pl.LightningModule):
     from zeros at every epoch; validation and test keep their own state, reset at their start, so an
     evaluation in the middle of training never disturbs the training stream.
 
-    lr_schedule: ``kind: decay`` multiplies the learning rate by ``decay_factor`` every epoch after
-    ``after_epoch`` epochs; ``kind: plateau`` multiplies it by ``plateau_factor`` whenever val/ppl did
-    not improve, ignoring the val/ppl of the first ``plateau_hold`` epochs; ``kind: none`` keeps it constant.
+    lr_schedule: makes the learning-rate scheduler from the optimizer (conf/lr_schedule, instantiated
+    partially by Hydra); it steps once per epoch, a ``ReduceLROnPlateau`` on val/ppl. None: constant.
 
     sum_over_time: the objective is summed over the window's time steps and averaged over the
     batch, as in Zaremba et al. (2014) and the paper's setup, so that lr 1 and clipping at 5 mean
@@ -76,7 +72,7 @@ class LanguageModelTask(pl.LightningModule):
         model: LSTMLanguageModel,
         loss: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
-        lr_schedule: dict | None = None,
+        lr_schedule: Callable[[torch.optim.Optimizer], Any] | None = None,
         alpha_schedule: Schedule | None = None,
         tau_schedule: Schedule | None = None,
         vocab: list[str] | None = None,
@@ -89,16 +85,12 @@ class LanguageModelTask(pl.LightningModule):
         self.model = model
         self.loss = loss
         self.optimizer_factory = optimizer
-        self.lr_schedule = dict(lr_schedule or {"kind": "none"})
-        if self.lr_schedule["kind"] not in LR_SCHEDULES:
-            raise ConfigError(
-                f"optim.lr_schedule.kind must be one of {LR_SCHEDULES}, got {self.lr_schedule['kind']!r}."
-            )
-        if alpha_schedule is None and isinstance(loss, AugmentedLoss):
-            alpha_schedule = Constant(loss.alpha)
-        self.alpha_schedule = alpha_schedule
+        self.lr_schedule = lr_schedule
+        if (alpha_schedule is None) != (tau_schedule is None):
+            raise ConfigError("an augmented loss needs both an alpha and a tau schedule; cross-entropy takes neither.")
         if tau_schedule is not None and not min(tau_schedule.start, tau_schedule.end) > 0:
             raise ConfigError(f"the tau schedule must stay > 0, got start {tau_schedule.start}, end {tau_schedule.end}.")
+        self.alpha_schedule = alpha_schedule
         self.tau_schedule = tau_schedule
         self.vocab = vocab
         self.sum_over_time = sum_over_time
@@ -115,8 +107,6 @@ class LanguageModelTask(pl.LightningModule):
         self._resumed: dict | None = None  # what on_load_checkpoint read, applied in on_train_start
         self._windows_done = 0  # training windows finished in the current epoch
         self._unchecked_loss: tuple[torch.Tensor, int, int] | None = None
-        self._tau_in_force: float | None = None  # tau of the latest training step
-        self._val_word_counts: torch.Tensor | None = None  # (V,) this validation's target words
 
     # -- state carried across windows --------------------------------------------------------
     def _state(self, stage: str, batch_size: int) -> Hidden:
@@ -166,43 +156,54 @@ class LanguageModelTask(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._hidden["val"] = None
         self.val_ppl.reset()
-        self._val_word_counts = None
 
     def on_test_epoch_start(self) -> None:
         self._hidden["test"] = None
         self.test_ppl.reset()
 
     # -- steps -------------------------------------------------------------------------------
-    def _progress(self, batch_idx: int) -> float:
-        return self.current_epoch + batch_idx / max(self.trainer.num_training_batches, 1)
+    def _position(self, batch_idx: int | None) -> tuple[float, int]:
+        """(epochs, optimizer steps) done before training window ``batch_idx`` of this epoch; None: before
+        the latest window trained (the step a validation follows)."""
+        step = self.global_step
+        if batch_idx is None:
+            batch_idx, step = max(self._windows_done - 1, 0), max(step - 1, 0)
+        return self.current_epoch + batch_idx / max(self.trainer.num_training_batches, 1), step
 
-    def current_alpha(self, batch_idx: int) -> float:
+    @property
+    def augmented(self) -> bool:
+        """Whether the loss has an augmented term, whose alpha and tau the schedules produce."""
+        return self.alpha_schedule is not None
+
+    def current_alpha(self, batch_idx: int | None = None) -> float:
+        """alpha at training window ``batch_idx`` of this epoch (None: the latest window trained); 0 without
+        an augmented term."""
         if self.alpha_schedule is None:
             return 0.0
-        return self.alpha_schedule(self._progress(batch_idx), self.global_step)
+        return self.alpha_schedule(*self._position(batch_idx))
 
-    def current_tau(self, batch_idx: int) -> float | None:
-        """None: the loss's own tau."""
+    def current_tau(self, batch_idx: int | None = None) -> float:
+        """tau at training window ``batch_idx`` of this epoch (None: the latest window trained); 1 without
+        an augmented term."""
         if self.tau_schedule is None:
-            return None
-        return self.tau_schedule(self._progress(batch_idx), self.global_step)
+            return 1.0
+        return self.tau_schedule(*self._position(batch_idx))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch  # (T, B) each; y is x shifted by one step
         logits, hidden = self.model(x, self._state("train", x.size(1)))
         self._hidden["train"] = detach_hidden(hidden)
         alpha, tau = self.current_alpha(batch_idx), self.current_tau(batch_idx)
-        self._tau_in_force = getattr(self.loss, "tau", None) if tau is None else tau
-        out = self.loss(logits.view(-1, logits.size(-1)), y.reshape(-1), self.model.embedding.weight, alpha,
-                        step=self.global_step, tau=tau)
+        out = self.loss(logits.view(-1, logits.size(-1)), y.reshape(-1), self.model.embedding.weight, alpha=alpha,
+                        tau=tau, step=self.global_step)
         if self._logging_step():
             n = y.numel()
             self.log("train/loss", out.total, prog_bar=True, batch_size=n)
             self.log("train/ppl", torch.exp(out.ce.detach()), prog_bar=True, batch_size=n)
-            if getattr(self.loss, "uses_alpha", False):
+            if self.augmented:
                 self.log("train/kl", out.kl, batch_size=n)
                 self.log("alpha", alpha, batch_size=n)
-                self.log("tau", self._tau_in_force, batch_size=n)
+                self.log("tau", tau, batch_size=n)
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         self._check_finite(out.total.detach(), batch_idx)
         self._windows_done = batch_idx + 1
@@ -259,26 +260,6 @@ class LanguageModelTask(pl.LightningModule):
         self._hidden[stage] = hidden
         ce = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.reshape(-1))
         metric.update(ce, y.numel())
-        if stage == "val" and self._tau_in_force is not None:
-            # index_add, not bincount: bincount reads the largest id back to the host first.
-            y = y.reshape(-1)
-            counts = torch.zeros(logits.size(-1), dtype=torch.long, device=y.device).index_add_(0, y, torch.ones_like(y))
-            self._val_word_counts = counts if self._val_word_counts is None else self._val_word_counts + counts
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
-        if not self.model.tie_weights:
-            # Section 6.2 of the paper: the augmented loss pulls W toward the span of L.
-            distance = subspace_distance(self.model.decoder.weight, self.model.embedding.weight)
-            self.log("subspace_distance", distance, on_epoch=True, sync_dist=False)
-        if self._val_word_counts is not None:
-            # Where the augmented term's target y~ puts its mass at the tau in force: mostly on the
-            # true word, it repeats cross-entropy (what the tied embedding drifts to at tau 1).
-            counts = self.trainer.strategy.reduce(self._val_word_counts, reduce_op="sum")  # DDP: every shard
-            spread = target_spread(self.model.embedding.weight, counts, self._tau_in_force)
-            for key, value in spread.items():
-                self.log(f"target/{key}", value, on_epoch=True, sync_dist=False)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step("val", self.val_ppl, batch)
@@ -295,21 +276,12 @@ class LanguageModelTask(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.model.parameters())
-        kind = self.lr_schedule["kind"]
-        if kind == "decay":
-            factor, after = self.lr_schedule["decay_factor"], self.lr_schedule["after_epoch"]
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_decay_factor(e, factor, after))
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-        if kind == "plateau":
-            scheduler = HeldPlateau(
-                optimizer, hold_epochs=self.lr_schedule.get("plateau_hold", 0), mode="min",
-                factor=self.lr_schedule["plateau_factor"], patience=0,
-            )
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val/ppl"},
-            }
-        return optimizer
+        if self.lr_schedule is None:
+            return optimizer
+        scheduler = {"scheduler": self.lr_schedule(optimizer), "interval": "epoch"}
+        if isinstance(scheduler["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler["monitor"] = "val/ppl"
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # -- checkpoint --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -1,4 +1,5 @@
-"""Initialise the embedding from pre-trained word vectors (word2vec or GloVe text format).
+"""Pre-trained word vectors: initialise the embedding from a word2vec or GloVe text file, and train
+word2vec vectors on a training split (scripts/vectors.py).
 
 One word per line, then its components, separated by spaces; word2vec files start with a
 "<count> <dimension>" header line, GloVe files do not. Only the model's vocabulary is kept, so a
@@ -8,11 +9,13 @@ multi-gigabyte file costs one pass and no memory beyond the matched rows.
 from __future__ import annotations
 
 import logging
+import zlib
 from pathlib import Path
 
 import torch
 
 from lm.errors import ConfigError, DataError
+from lm.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +79,32 @@ def init_embedding(embedding: torch.nn.Embedding, path: str | Path, vocab: list[
     log.info("pretrained vectors from %s: %d of %d words found; %d keep the random init",
              path, len(found), len(vocab), len(vocab) - len(found))
     return len(found)
+
+
+def _stable_hash(text: str) -> int:
+    """gensim seeds each word's initial vector from this hash: Python's own ``hash`` of a string changes
+    from one process to the next (PYTHONHASHSEED), which would make the vectors differ between runs."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def train_word2vec(lines: list[list[str]], vector_size: int, sg: int = 1, window: int = 5, min_count: int = 1,
+                   negative: int = 5, epochs: int = 10, seed: int = 1234, workers: int = 1) -> dict[str, list[float]]:
+    """Word2vec vectors (gensim; skip-gram with sg=1) of every word of ``lines`` seen ``min_count`` times.
+    With one worker thread the result depends only on the arguments."""
+    try:
+        from gensim.models import Word2Vec
+    except ImportError as exc:
+        raise ConfigError('training word2vec vectors needs gensim: pip install -e ".[vectors]"') from exc
+    model = Word2Vec(sentences=lines, vector_size=vector_size, sg=sg, window=window, min_count=min_count,
+                     negative=negative, epochs=epochs, seed=seed, workers=workers, hashfxn=_stable_hash)
+    return {word: model.wv[word].tolist() for word in model.wv.index_to_key}
+
+
+def write_vectors(path: str | Path, vectors: dict[str, list[float]]) -> None:
+    """The word2vec text format ``read_vectors`` reads: a "<count> <dimension>" header, then one word and
+    its components per line."""
+    dim = len(next(iter(vectors.values())))
+    with atomic_write(path, "w") as f:
+        f.write(f"{len(vectors)} {dim}\n")
+        for word, vector in vectors.items():
+            f.write(word + " " + " ".join(f"{v:.6g}" for v in vector) + "\n")

@@ -1,4 +1,4 @@
-"""Schedules for scalar loss weights (alpha) and the learning rate.
+"""Schedules for the loss's alpha and tau, and the learning-rate schedules of conf/lr_schedule.
 
 A weight schedule maps training progress to a value. Progress is counted in ``unit``: "epoch"
 (fractional: 2.5 is half-way through the third epoch) or "step" (optimizer steps).
@@ -6,6 +6,7 @@ A weight schedule maps training progress to a value. Progress is counted in ``un
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -71,6 +72,17 @@ def lr_decay_factor(epoch: int, factor: float, after_epoch: int) -> float:
     return factor ** max(0, epoch + 1 - after_epoch)
 
 
+class DecayAfter(torch.optim.lr_scheduler.LambdaLR):
+    """The learning rate times ``factor`` once per epoch after ``after_epoch`` epochs (``lr_decay_factor``)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, factor: float, after_epoch: int):
+        if not 0 < factor <= 1 or not isinstance(after_epoch, int) or after_epoch < 0:
+            raise ConfigError(f"optim.lr_decay needs 0 < factor <= 1 and an integer after_epoch >= 0, got factor "
+                              f"{factor!r}, after_epoch {after_epoch!r}.")
+        self.factor, self.after_epoch = factor, after_epoch
+        super().__init__(optimizer, functools.partial(lr_decay_factor, factor=factor, after_epoch=after_epoch))
+
+
 class HeldPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
     """``ReduceLROnPlateau`` that ignores the first ``hold_epochs`` validations, which also do not
     count as the best so far. While a tau or alpha schedule is still ramping, the objective itself
@@ -79,7 +91,7 @@ class HeldPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
 
     def __init__(self, optimizer: torch.optim.Optimizer, hold_epochs: int = 0, **kwargs):
         if not isinstance(hold_epochs, int) or hold_epochs < 0:
-            raise ConfigError(f"optim.lr_schedule.plateau_hold must be an integer >= 0, got {hold_epochs!r}.")
+            raise ConfigError(f"lr_schedule.hold_epochs must be an integer >= 0, got {hold_epochs!r}.")
         super().__init__(optimizer, **kwargs)
         self.hold_epochs = hold_epochs
         self.held = 0  # in state_dict(), with the rest of __dict__, so a resumed run keeps its count

@@ -34,11 +34,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lm.allocator import keep_freed_memory
-from lm.build import build_trainer, model_config
-from lm.data import BPTTWindows, CorpusDataModule, WindowLoader, batchify
-from lm.losses import AugmentedLoss, CrossEntropyLoss
+from lm.build import build_task, build_trainer, model_config
+from lm.data import BPTTWindows, CorpusDataModule, Vocabulary, WindowLoader, batchify
 from lm.model import LSTMLanguageModel, detach_hidden
-from lm.module import LanguageModelTask
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -46,22 +44,23 @@ SIZES = sorted(p.stem for p in (CONF / "size").glob("*.yaml"))
 PTB = REPO.parent / "shared" / "data" / "ptb"
 
 
-def windows(args) -> tuple[BPTTWindows, int, str]:
+def windows(args) -> tuple[BPTTWindows, Vocabulary, str]:
     data_dir = Path(args.data_dir or os.environ.get("PTB_DIR", PTB))
     if args.vocab is None and (data_dir / "ptb.train.txt").is_file():
         dm = CorpusDataModule(str(data_dir), batch_size=args.batch, bptt=args.bptt)
         dm.setup()
-        return dm.windows("train"), dm.vocab_size, f"PTB train split from {data_dir}"
+        return dm.windows("train"), dm.vocab, f"PTB train split from {data_dir}"
     vocab = args.vocab or 10000
     ids = torch.randint(0, vocab, ((args.warmup + args.steps + 2) * args.batch * args.bptt,),
                         generator=torch.Generator().manual_seed(0))
-    return BPTTWindows(batchify(ids, args.batch), args.bptt), vocab, f"synthetic tokens, vocabulary {vocab}"
+    words = Vocabulary([f"w{i}" for i in range(vocab)])
+    return BPTTWindows(batchify(ids, args.batch), args.bptt), words, f"synthetic tokens, vocabulary {vocab}"
 
 
 def project_config(args, output_dir: str, *extra: str) -> DictConfig:
     """The training config as train.py composes it for ``size=<args.size>`` and the command line's
     overrides (then ``extra``), without validation."""
-    overrides = [f"size={args.size}", f"paths.output_dir={output_dir}",
+    overrides = [f"size={args.size}", f"model={'tied' if args.tied else 'untied'}", f"paths.output_dir={output_dir}",
                  f"trainer.accelerator={args.device.split(':')[0]}",
                  "trainer.max_epochs=-1", f"trainer.max_steps={args.warmup + args.steps}",
                  "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", *args.overrides, *extra]
@@ -69,10 +68,10 @@ def project_config(args, output_dir: str, *extra: str) -> DictConfig:
         return compose(config_name="train", overrides=overrides)
 
 
-def make_model(args, cfg: DictConfig, vocab: int, device) -> LSTMLanguageModel:
-    """The model exactly as conf/ builds it, tied or untied."""
+def make_model(cfg: DictConfig, vocab: int, device) -> LSTMLanguageModel:
+    """The model exactly as conf/ builds it."""
     torch.manual_seed(0)
-    return instantiate(model_config(cfg), vocab_size=vocab, tie_weights=args.tied, output_bias=not args.tied).to(device)
+    return instantiate(model_config(cfg), vocab_size=vocab).to(device)
 
 
 def _proc_status_mb(key: str) -> float | None:
@@ -117,7 +116,7 @@ def sync(device) -> None:
 
 def plain_loop(args, cfg, data, vocab, device, tick: Callable[[], None]) -> None:
     """The reference: pytorch/examples word_language_model style, cross-entropy."""
-    model = make_model(args, cfg, vocab, device).train()
+    model = make_model(cfg, vocab, device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     hidden = model.init_hidden(args.batch)
     for i in range(args.warmup + args.steps):
@@ -142,19 +141,19 @@ class _Tick(pl.Callback):
         self.tick()
 
 
-def lightning_loop(args, cfg, data, vocab, device, loss, tick: Callable[[], None]) -> None:
-    """The project's loop, with the trainer train.py builds (callbacks, logger, checkpoint I/O); a
-    step's time includes Lightning's work between steps (hooks, logging, fetching and moving the
-    batch), since the clock runs from one step's end to the next's."""
-    model = make_model(args, cfg, vocab, device)
-    task = LanguageModelTask(model, loss, lambda p: torch.optim.SGD(p, lr=1.0), {"kind": "none"})
+def lightning_loop(args, cfg, data, vocab: Vocabulary, device, tick: Callable[[], None]) -> None:
+    """The project's loop: the task and trainer train.py builds (loss, schedules, callbacks, logger,
+    checkpoint I/O); a step's time includes Lightning's work between steps (hooks, logging, fetching and
+    moving the batch), since the clock runs from one step's end to the next's."""
+    torch.manual_seed(0)
+    task = build_task(cfg, vocab)
     trainer = build_trainer(cfg)
     trainer.callbacks.append(_Tick(tick, device))
     trainer.fit(task, train_dataloaders=WindowLoader(data, pin_memory=device.type == "cuda"))
 
 
 def eval_loop(args, cfg, data, vocab, device, tick: Callable[[], None]) -> None:
-    model = make_model(args, cfg, vocab, device).eval()
+    model = make_model(cfg, vocab, device).eval()
     hidden = model.init_hidden(args.batch)
     with torch.no_grad():
         for i in range(args.warmup + args.steps):
@@ -290,25 +289,27 @@ def main() -> None:
     tokens = args.batch * args.bptt
 
     output_dir = tempfile.mkdtemp(prefix="benchmark-")  # what the trainers write (CSV logs), removed below
-    cfg = {name: project_config(args, f"{output_dir}/{name}") for name in ("ce", "al")}
+    # The learning rate stays at lr 1 (no decay), as in the plain loop.
+    cfg = {"ce": project_config(args, f"{output_dir}/ce", "loss=ce", "lr_schedule=none"),
+           "al": project_config(args, f"{output_dir}/al", "loss=augmented", f"loss.alpha={args.alpha}",
+                                f"loss.tau={args.tau}", "lr_schedule=none")}
     # The paper's state dropout trains through a loop over time (lm.model.masked_lstm); beside it, the
     # same model without it runs nn.LSTM's fused kernel: what the loop costs.
     state_dropout = cfg["ce"].model.dropout_state > 0
     if state_dropout:
-        cfg["nn_lstm"] = project_config(args, f"{output_dir}/nn_lstm", "model.dropout_state=0")
+        cfg["nn_lstm"] = project_config(args, f"{output_dir}/nn_lstm", "loss=ce", "lr_schedule=none",
+                                        "model.dropout_state=0")
 
     def variants(with_eval: bool) -> dict[str, Callable]:
         loops = {
-            "plain_ce": lambda tick: plain_loop(args, cfg["ce"], data, vocab, device, tick),
-            "lightning_ce": lambda tick: lightning_loop(args, cfg["ce"], data, vocab, device, CrossEntropyLoss(), tick),
-            "lightning_al": lambda tick: lightning_loop(args, cfg["al"], data, vocab, device,
-                                                        AugmentedLoss(args.alpha, args.tau), tick),
+            "plain_ce": lambda tick: plain_loop(args, cfg["ce"], data, len(vocab), device, tick),
+            "lightning_ce": lambda tick: lightning_loop(args, cfg["ce"], data, vocab, device, tick),
+            "lightning_al": lambda tick: lightning_loop(args, cfg["al"], data, vocab, device, tick),
         }
         if state_dropout:
-            loops["lightning_ce_nn_lstm"] = lambda tick: lightning_loop(args, cfg["nn_lstm"], data, vocab, device,
-                                                                        CrossEntropyLoss(), tick)
+            loops["lightning_ce_nn_lstm"] = lambda tick: lightning_loop(args, cfg["nn_lstm"], data, vocab, device, tick)
         if with_eval:
-            loops["eval"] = lambda tick: eval_loop(args, cfg["ce"], data, vocab, device, tick)
+            loops["eval"] = lambda tick: eval_loop(args, cfg["ce"], data, len(vocab), device, tick)
         return loops
 
     try:

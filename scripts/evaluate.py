@@ -24,7 +24,7 @@ def main(cfg: DictConfig) -> None:
         raise ConfigError("evaluate.py needs ckpt_path=PATH (a .ckpt file written by train.py).")
     keep_freed_memory()
     datamodule = build_datamodule(cfg)
-    task = build_task(cfg, datamodule, from_checkpoint=True)
+    task = build_task(cfg, datamodule.vocab, from_checkpoint=True)
     check_compatible(load_checkpoint(cfg.ckpt_path), cfg.ckpt_path, task.model, datamodule.vocab.itos)
     trainer = build_trainer(cfg, with_callbacks=False, with_logger=False)
     val = trainer.validate(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)

@@ -6,7 +6,9 @@ Runs still training, or stopped to be resumed, appear with the epochs they have 
 writes <out>/table.md (below it the mean and range of runs that differ only in their seed),
 <out>/val_curves.png and, for runs that differ in alpha, <out>/alpha.png (the PNGs need matplotlib:
 pip install -e ".[report]"), and the same two plots as text charts (val_curves.txt, alpha.txt) for
-places that show only text, such as the README.
+places that show only text, such as the README. For each hyper-parameter study among them
+(`-m hparams_search=...`): <out>/study_<folder>.md with its trials, .txt and .png of the objective
+against every searched value.
 
 --sync rewrites, in the given documents, every table between `<!-- report: PATHS -->` and
 `<!-- /report -->` from the records under PATHS (results/...), so a committed table is always what
@@ -23,6 +25,7 @@ from lm.cli import report_user_errors
 from lm.errors import DataError
 from lm.report import (alpha_sweep_text, find_runs, plot_alpha_sweep, plot_val_curves, render_report_blocks,
                        report_tables, val_curves_text)
+from lm.study import find_studies, plot_study, study_table, study_text
 
 
 @report_user_errors
@@ -50,12 +53,17 @@ def main() -> None:
     table = report_tables(runs)
     (out / "table.md").write_text(table)
     print(table)
-    for name, chart in (("val_curves.txt", val_curves_text(runs)), ("alpha.txt", alpha_sweep_text(runs))):
+    studies = find_studies(runs)
+    texts = [("val_curves.txt", val_curves_text(runs)), ("alpha.txt", alpha_sweep_text(runs))]
+    for study in studies:
+        texts += [(f"study_{study.path.name}.md", study_table(study)), (f"study_{study.path.name}.txt", study_text(study))]
+    for name, chart in texts:
         if chart:
             (out / name).write_text(chart)
             print(chart)
     try:
         written = [plot_val_curves(runs, out / "val_curves.png"), plot_alpha_sweep(runs, out / "alpha.png")]
+        written += [plot_study(study, out / f"study_{study.path.name}.png") for study in studies]
     except ImportError:
         print('no plots: matplotlib is not installed (pip install -e ".[report]")', file=sys.stderr)
         return

@@ -4,6 +4,11 @@
     python scripts/train.py -m loss.alpha=0.1,0.5,1.0
     python scripts/train.py [same overrides] hydra.run.dir=logs/runs/<run> resume=true   # continue a run
     python scripts/train.py [same overrides] init_from=<run>/checkpoints/last.ckpt      # a second training run
+    python scripts/train.py -m hparams_search=small_real_alpha_tau                      # an Optuna study
+
+Returns the run's ``objective`` (val/ppl by default) for a Hydra sweeper. In a multirun, a point whose
+training loss became non-finite prints its error line and returns an infinite perplexity, the worst value
+a study can record, and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -26,9 +32,12 @@ from lm.build import build_datamodule, build_task, build_trainer, close_distribu
 from lm.callbacks import StopRequested, TrainThroughput
 from lm.checkpoint import check_compatible, load_checkpoint, model_state
 from lm.cli import report_user_errors
+from lm.errors import ConfigError
 from lm.files import atomic_write
+from lm.module import NonFiniteLoss
 
 log = logging.getLogger(__name__)
+OBJECTIVES = ("val/ppl", "test/ppl")  # what `objective` may name: the perplexities of metrics.json
 
 
 def _float(x) -> float:
@@ -50,13 +59,15 @@ def _resume_from(cfg: DictConfig, run_dir: Path) -> Path | None:
 @report_user_errors
 def main(cfg: DictConfig) -> float:
     start = time.time()
+    if cfg.get("objective", "val/ppl") not in OBJECTIVES:
+        raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {cfg.objective!r}.")
     keep_freed_memory()  # CPU: the per-step (tokens x vocab) tensors stay in the process (lm/allocator.py)
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
     datamodule = build_datamodule(cfg)
     resume = _resume_from(cfg, run_dir)
     init_from = cfg.get("init_from") if resume is None else None  # a resumed stage-2 run has its own weights
-    task = build_task(cfg, datamodule, from_checkpoint=resume is not None or init_from is not None)
+    task = build_task(cfg, datamodule.vocab, from_checkpoint=resume is not None or init_from is not None)
     trainer = build_trainer(cfg)
     if resume is not None:  # fail here, in one line, rather than inside Lightning
         check_compatible(load_checkpoint(resume), resume, task.model, datamodule.vocab.itos)
@@ -79,6 +90,11 @@ def main(cfg: DictConfig) -> float:
             file=sys.stderr,
         )
         sys.exit(143 if isinstance(exc, SIGTERMException) else 130)
+    except NonFiniteLoss as exc:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        print(f"error: {exc}", file=sys.stderr)  # one point of a sweep: the others still run
+        return math.inf
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None else ""
@@ -117,7 +133,7 @@ def main(cfg: DictConfig) -> float:
             f"{metrics['train_tokens_per_s']:.0f} train tokens/s  -> {run_dir}"
         )
     close_distributed()
-    return metrics["val/ppl"]
+    return metrics[cfg.get("objective", "val/ppl")]
 
 
 if __name__ == "__main__":

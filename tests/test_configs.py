@@ -26,7 +26,7 @@ def test_fast_dev_run_every_combination(corpus, tmp_path, model, loss, schedule)
         tmp_path,
     )
     dm = build_datamodule(cfg)
-    task = build_task(cfg, dm)
+    task = build_task(cfg, dm.vocab)
     assert task.model.tie_weights == (model == "tied")
     assert isinstance(task.loss, AugmentedLoss if loss == "augmented" else CrossEntropyLoss)
     if loss == "augmented":
@@ -76,8 +76,8 @@ def test_paper_presets_follow_the_papers_appendix(tmp_path, name):
     drop, (factor, after), clip = PROTOCOL[size]
     other = ("dropout_emb", "dropout_hidden", "dropout_out", "dropout_words", "dropout_recurrent")
     assert cfg.model.dropout_state == drop and all(cfg.model[k] == 0 for k in other)
-    schedule = cfg.optim.lr_schedule
-    assert (schedule.kind, schedule.decay_factor, schedule.after_epoch) == ("decay", factor, after)
+    schedule = cfg.lr_schedule
+    assert schedule._target_.endswith("DecayAfter") and (schedule.factor, schedule.after_epoch) == (factor, after)
     assert cfg.trainer.gradient_clip_val == clip
     if PAPER[variant][1] == "augmented":  # tau 20; alpha = gamma in 0.5..0.8 from the first step
         assert cfg.loss.tau == 20 and 0.5 <= cfg.loss.alpha <= 0.8
@@ -151,8 +151,8 @@ def test_tuned_small_presets_set_variational_lstm_dropout_and_plateau_schedule(t
     # The preset's values must survive size/, which comes after model/ and optim/ in the defaults list.
     tuned = compose_cfg(["experiment=tuned_small_vd"], tmp_path)
     assert (tuned.model.dropout_words, tuned.model.dropout_recurrent, tuned.model.dropout_state) == (0.1, 0.2, 0.0)
-    assert tuned.optim.lr_schedule.kind == "plateau"
-    assert compose_cfg(["experiment=small_vd"], tmp_path).optim.lr_schedule.kind == "decay"
+    assert tuned.lr_schedule._target_.endswith("HeldPlateau")
+    assert compose_cfg(["experiment=small_vd"], tmp_path).lr_schedule._target_.endswith("DecayAfter")
 
 
 def test_tf32_is_enabled_for_gpu_runs_only(monkeypatch):
@@ -177,7 +177,7 @@ def test_the_gpu_trainer_builds_and_steps_with_bf16_autocast_on_cpu(corpus, tmp_
                        "debug=fast_dev_run"], tmp_path)
     assert cfg.trainer.precision == "bf16-mixed"
     dm = build_datamodule(cfg)
-    task = build_task(cfg, dm)
+    task = build_task(cfg, dm.vocab)
     seen = []
     task.model.lstms[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
     trainer = build_trainer(cfg)
@@ -191,7 +191,7 @@ def test_the_gpu_trainer_builds_and_steps_with_bf16_autocast_on_cpu(corpus, tmp_
 def test_the_gpu_trainer_runs_on_a_gpu(corpus, tmp_path):
     cfg = compose_cfg([*TINY, f"data.data_dir={corpus}", "trainer=gpu", "debug=fast_dev_run"], tmp_path)
     dm = build_datamodule(cfg)
-    task = build_task(cfg, dm)
+    task = build_task(cfg, dm.vocab)
     trainer = build_trainer(cfg)
     trainer.fit(task, datamodule=dm)
     assert task.model.embedding.weight.device.type == "cuda" and math.isfinite(trainer.callback_metrics["val/ppl"])

@@ -14,7 +14,7 @@ from lm.metrics import Perplexity
 def build(corpus, tmp_path, *overrides):
     cfg = compose_cfg([*TINY, f"data.data_dir={corpus}", "trainer.num_sanity_val_steps=0", *overrides], tmp_path)
     dm = build_datamodule(cfg)
-    return cfg, dm, build_task(cfg, dm), build_trainer(cfg)
+    return cfg, dm, build_task(cfg, dm.vocab), build_trainer(cfg)
 
 
 def test_perplexity_is_token_weighted_over_the_split():
@@ -111,7 +111,7 @@ def test_validation_perplexity_equals_manual_computation(corpus, tmp_path):
 def test_lr_decays_per_epoch_and_alpha_follows_schedule(corpus, tmp_path):
     _, dm, task, trainer = build(
         corpus, tmp_path, "trainer.max_epochs=3", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "optim.lr_schedule.kind=decay", "optim.lr_schedule.decay_factor=0.5", "optim.lr_schedule.after_epoch=1",
+        "lr_schedule=decay", "optim.lr_decay.factor=0.5", "optim.lr_decay.after_epoch=1",
         "alpha_schedule=linear", "alpha_schedule.length=2", "loss.alpha=0.8", "trainer.log_every_n_steps=1",
     )
     seen = []
@@ -132,7 +132,7 @@ def test_lr_decays_per_epoch_and_alpha_follows_schedule(corpus, tmp_path):
 
 
 def test_plateau_schedule_divides_lr_when_validation_stalls(corpus, tmp_path):
-    _, dm, task, trainer = build(corpus, tmp_path, "optim.lr_schedule.kind=plateau", "trainer.max_epochs=1",
+    _, dm, task, trainer = build(corpus, tmp_path, "lr_schedule=plateau", "trainer.max_epochs=1",
                                  "trainer.limit_train_batches=1", "trainer.limit_val_batches=1")
     trainer.fit(task, datamodule=dm)
     scheduler = trainer.lr_scheduler_configs[0].scheduler
@@ -244,7 +244,7 @@ def test_plateau_hold_ignores_the_first_epochs_and_survives_a_resume():
     assert optimizer.param_groups[0]["lr"] == 1.0
     resumed.step(4.0)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25)
-    with pytest.raises(ConfigError, match="plateau_hold"):
+    with pytest.raises(ConfigError, match="hold_epochs"):
         HeldPlateau(optimizer, hold_epochs=-1)
 
 
@@ -287,7 +287,7 @@ def test_one_training_step_forces_only_the_allowed_host_syncs(corpus, tmp_path):
     cfg = compose_cfg([*TINY, f"data.data_dir={corpus}", "loss=augmented", "trainer.max_epochs=1",
                        "trainer.limit_train_batches=5", "trainer.limit_val_batches=1"], tmp_path)
     dm = build_datamodule(cfg)
-    task = build_task(cfg, dm)
+    task = build_task(cfg, dm.vocab)
     trainer = build_trainer(cfg, with_logger=False)
     spy = Spy()
     trainer.callbacks.append(spy)

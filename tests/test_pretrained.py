@@ -1,5 +1,7 @@
 """model.pretrained_vectors and model.freeze_embedding_epochs."""
 
+import re
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -72,7 +74,7 @@ def test_embedding_frozen_for_the_first_epochs_then_trained(corpus, tmp_path):
                  f"model.pretrained_vectors={path}", "model.freeze_embedding_epochs=2"]
     cfg = compose_cfg(overrides, tmp_path)
     dm = build_datamodule(cfg)
-    task = build_task(cfg, dm)
+    task = build_task(cfg, dm.vocab)
     start = task.model.embedding.weight.detach().clone()
     assert torch.allclose(start[0], torch.tensor([float(v) for v in path.read_text().split("\n")[0].split()[1:]]))
     snapshots = []
@@ -114,3 +116,42 @@ def test_train_py_reports_how_many_words_were_found(corpus, tmp_path):
     bad = run_script("train.py", *TINY, f"data.data_dir={corpus}", "model.emb_size=8", "model.hidden_size=8",
                      f"model.pretrained_vectors={path}", f"hydra.run.dir={tmp_path / 'bad'}")
     assert bad.returncode == 2 and "model.emb_size=16" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_word2vec_of_the_training_split_is_seeded_and_reads_back_as_pretrained_vectors(corpus, tmp_path):
+    pytest.importorskip("gensim", reason="needs the [vectors] extra")
+    from lm.data import read_lines
+    from lm.pretrained import read_vectors, train_word2vec, write_vectors
+
+    lines = read_lines(corpus / "train.txt")
+    first = train_word2vec(lines, vector_size=8, epochs=2, seed=3)
+    assert first == train_word2vec(lines, vector_size=8, epochs=2, seed=3)  # same seed, same vectors
+    assert first != train_word2vec(lines, vector_size=8, epochs=2, seed=4)
+    assert set(first) == {w for line in lines for w in line}  # min_count 1: every training word, <eos> too
+    vocab = sorted(first)
+    write_vectors(tmp_path / "w2v.txt", first)
+    found = read_vectors(tmp_path / "w2v.txt", vocab, 8)
+    assert len(found) == len(vocab)
+    for i, word in enumerate(vocab):
+        assert torch.allclose(found[i], torch.tensor(first[word]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_vectors_script_reads_only_the_training_split(corpus, tmp_path):
+    pytest.importorskip("gensim", reason="needs the [vectors] extra")
+    common = [f"data.data_dir={corpus}", "data.download=false", "data.sha256=null", "word2vec.vector_size=16",
+              "word2vec.epochs=1"]
+    out = tmp_path / "w2v.txt"
+    result = run_script("vectors.py", *common, f"out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert out.read_text().splitlines()[0].split(" ")[1] == "16"
+    cheat = run_script("vectors.py", *common, f"out={tmp_path / 'cheat.txt'}",
+                       "+data.files={train: test.txt, valid: valid.txt, test: test.txt}")
+    assert cheat.returncode == 2 and cheat.stderr.strip().splitlines()[-1].startswith(
+        "error: the training split") and "must not see test text" in cheat.stderr
+    assert not (tmp_path / "cheat.txt").exists()
+    run = run_script("train.py", *TINY, f"data.data_dir={corpus}", f"model.pretrained_vectors={out}",
+                     "trainer.max_epochs=1", "trainer.limit_train_batches=3", f"hydra.run.dir={tmp_path / 'run'}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = re.search(r"(\d+) of (\d+) words found", run.stdout + run.stderr)
+    assert found and int(found[1]) == int(found[2]) - 1  # every word but <unk>, which the training text lacks

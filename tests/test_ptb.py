@@ -27,7 +27,7 @@ def test_a_few_hundred_batches_cut_validation_perplexity_far_below_untrained(tmp
         tmp_path,
     )
     dm = build_datamodule(cfg)
-    task = build_task(cfg, dm)
+    task = build_task(cfg, dm.vocab)
     trainer = build_trainer(cfg)
     untrained = trainer.validate(task, datamodule=dm, verbose=False)[0]["val/ppl"]
     trainer.fit(task, datamodule=dm)

@@ -26,7 +26,7 @@ def test_report_table_compares_with_the_paper_and_plots(tmp_path):
     _fake_run(runs / "vd", "untied", "ce", 90.3)
     _fake_run(runs / "sweep" / "0", "tied", "augmented", 84.0, alpha=0.1)
     _fake_run(runs / "vd_plateau", "untied", "ce", 92.0,
-              overrides=("experiment=small_vd", "optim.lr_schedule.kind=plateau", "resume=True", "hydra.run.dir=x"))
+              overrides=("experiment=small_vd", "lr_schedule=plateau", "resume=True", "hydra.run.dir=x"))
     result = run_script("report.py", str(runs), "--out", str(tmp_path / "report"))
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "report" / "table.md").read_text().splitlines()
@@ -36,7 +36,7 @@ def test_report_table_compares_with_the_paper_and_plots(tmp_path):
     assert "| 90.3 | 87.3 | +3.0 | 2.00 | - |" in vd  # the paper's small VD-LSTM: 87.3 test; no overrides
     assert "| 80.7 | 82.7 | -2.0 |" in real
     plateau = next(line for line in table if "| 92.0 |" in line)
-    assert "| `optim.lr_schedule.kind=plateau` | `" in plateau  # what it changed; not resume or its folder
+    assert "| `lr_schedule=plateau` | `" in plateau  # what it changed; not resume or its folder
     assert table.index(vd) < table.index(real)  # the paper's column order: VD, AL, RE, REAL
     assert "  o small REAL alpha=0.5 (real)" in (tmp_path / "report" / "val_curves.txt").read_text()
     assert "small REAL test/ppl" in (tmp_path / "report" / "alpha.txt").read_text()
@@ -170,23 +170,32 @@ def test_settings_are_how_a_run_differs_from_its_preset_as_composed_today(tmp_pa
     def since_then(cfg):  # the preset was changed after the run, and the run predates dropout_recurrent
         cfg.model.dropout_emb = 0.45
         del cfg.model["dropout_recurrent"]
-        del cfg.optim.lr_schedule["plateau_hold"]  # added later, and its default does what runs did before
 
-    def held(cfg):  # a later run that did set it
-        cfg.optim.lr_schedule.plateau_hold = 20
+    def old_schedule(factor):  # the learning-rate schedule in the keys it had before it was a config group
+        def edit(cfg):
+            del cfg["lr_schedule"], cfg.optim["lr_decay"]
+            cfg.optim.lr_schedule = {"kind": "decay", "decay_factor": factor, "after_epoch": 5, "plateau_factor": 0.25,
+                                     "plateau_hold": 0}
+        return edit
 
     # An override equal to today's preset and one that only says where the data is: neither sets it apart.
     _run_with_config(tmp_path / "old", ["experiment=small_re", f"model.dropout_words={words}",
                                         "data.data_dir=/Data/PTB", "resume=true"], since_then)
     _run_with_config(tmp_path / "seed", ["experiment=small_re", "seed=7"])
-    _run_with_config(tmp_path / "held", ["experiment=small_re"], held)
+    _run_with_config(tmp_path / "held", ["experiment=small_re", "lr_schedule=plateau", "lr_schedule.hold_epochs=20"])
+    _run_with_config(tmp_path / "same_schedule", ["experiment=small_re", "lr_schedule=decay"])
+    _run_with_config(tmp_path / "old_keys", ["experiment=small_re"], old_schedule(0.9))
+    _run_with_config(tmp_path / "old_keys_slower", ["experiment=small_re"], old_schedule(0.8))
     _run_with_config(tmp_path / "renamed", ["experiment=small_re", "model.dropout_out=0.4"])
     (tmp_path / "renamed" / ".hydra" / "overrides.yaml").write_text(
         OmegaConf.to_yaml(["experiment=no_such_preset", "model.dropout_out=0.4"]))
     runs = {r.path.name: r for r in find_runs([tmp_path])}
     assert _settings(runs["old"]) == ("model.dropout_emb=0.45", "model.dropout_recurrent=(absent)")
     assert _settings(runs["seed"]) == ("seed=7",)
-    assert _settings(runs["held"]) == ("optim.lr_schedule.plateau_hold=20",)
+    assert _settings(runs["held"]) == ("lr_schedule.hold_epochs=20", "lr_schedule=plateau")
+    assert _settings(runs["same_schedule"]) == ()  # the preset's own choice
+    assert _settings(runs["old_keys"]) == ()
+    assert _settings(runs["old_keys_slower"]) == ("optim.lr_decay.factor=0.8",)
     # A preset that no longer composes: the command-line overrides, as before.
     assert _settings(runs["renamed"]) == ("model.dropout_out=0.4",)
 

@@ -15,8 +15,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 # Dropout on, so that a resumed run only matches if the RNG state is restored too.
 RUN = ["trainer.max_epochs=3", "trainer.num_sanity_val_steps=0", "model.dropout_emb=0.3",
-       "model.dropout_hidden=0.3", "model.dropout_out=0.3", "model.dropout_state=0.3", "optim.lr_schedule.kind=decay",
-       "optim.lr_schedule.after_epoch=1",
+       "model.dropout_hidden=0.3", "model.dropout_out=0.3", "model.dropout_state=0.3", "lr_schedule=decay",
+       "optim.lr_decay.after_epoch=1",
        "alpha_schedule=linear", "alpha_schedule.unit=step", "alpha_schedule.length=50"]
 
 
@@ -55,7 +55,7 @@ def _fit(corpus, out_dir, *extra_callbacks, ckpt_path=None, overrides=()):
     cfg = compose_cfg([*TINY, f"data.data_dir={corpus}", *RUN, *overrides], out_dir)
     pl.seed_everything(cfg.seed)
     dm = build_datamodule(cfg)
-    task = build_task(cfg, dm)
+    task = build_task(cfg, dm.vocab)
     trainer = build_trainer(cfg, with_logger=False)
     history = ValHistory()
     trainer.callbacks.extend([history, *extra_callbacks])
@@ -334,3 +334,69 @@ def test_rng_state_holds_this_process_s_own_cuda_device_only(monkeypatch):
     _set_rng_state(state, device)
     assert torch.equal(torch.get_rng_state(), before) and calls[-1] == ("set", device, 7)
     assert set(_rng_state(torch.device("cpu"))) == {"torch"}
+
+
+@pytest.mark.slow
+def test_an_epoch_unit_alpha_ramp_stopped_twice_mid_epoch_resumes_exactly(tmp_path):
+    """alpha follows fractional epochs (current epoch + windows done / windows per epoch): each resumed
+    process must pick up the window count, or alpha would restart at the epoch's first value."""
+    from conftest import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    epoch_ramp = ("alpha_schedule.unit=epoch", "alpha_schedule.length=2")
+    alphas = {}
+
+    class Alphas(pl.Callback):
+        def __init__(self, name):
+            self.name = name
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            alphas.setdefault(self.name, {})[trainer.global_step] = pl_module.current_alpha(batch_idx)
+
+    trainer, task, val_unbroken = _fit(corpus, tmp_path / "unbroken", Alphas("unbroken"), overrides=epoch_ramp)
+    per_epoch, params_unbroken = trainer.num_training_batches, _params(task)
+    run = tmp_path / "stopped"
+    last = run / "checkpoints" / "last.ckpt"
+    with pytest.raises(SIGTERMException):  # a third into the first epoch
+        _fit(corpus, run, SignalAt(per_epoch // 3, signal.SIGTERM), Alphas("stopped"), overrides=epoch_ramp)
+    with pytest.raises(SIGTERMException):  # two thirds into the second
+        _fit(corpus, run, SignalAt(per_epoch + 2 * per_epoch // 3, signal.SIGTERM), Alphas("stopped"),
+             ckpt_path=str(last), overrides=epoch_ramp)
+    trainer, task, val_resumed = _fit(corpus, run, Alphas("stopped"), ckpt_path=str(last), overrides=epoch_ramp)
+    assert trainer.global_step == 3 * per_epoch
+    assert alphas["stopped"] == pytest.approx(alphas["unbroken"])  # every step's alpha, across both resumes
+    assert len(set(alphas["unbroken"].values())) > per_epoch  # a ramp within epochs, not a step per epoch
+    assert val_resumed[-1] == pytest.approx(val_unbroken[-1], rel=1e-4)
+    for name, value in _params(task).items():
+        torch.testing.assert_close(value, params_unbroken[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_loader_cannot_tell_an_epoch_cut_short_from_a_stopped_one_so_the_task_counts_the_position(corpus,
+                                                                                                       tmp_path):
+    """Why the mid-epoch position is the task's count of windows trained and not the loader's own
+    state_dict: with trainer.limit_train_batches, Lightning ends the epoch before the loader runs out, so a
+    loader's count would read as a run stopped mid-epoch; the task compares it with num_training_batches."""
+    from lm.data import WindowLoader
+
+    cfg = compose_cfg([*TINY, f"data.data_dir={corpus}", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                       "trainer.limit_val_batches=1"], tmp_path)
+    dm = build_datamodule(cfg)
+    task = build_task(cfg, dm.vocab)
+    taken, at_epoch_end = [0], []
+
+    class Counting(WindowLoader):
+        def __iter__(self):
+            for window in super().__iter__():
+                taken[0] += 1
+                yield window
+
+    class AtEpochEnd(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            at_epoch_end.append((taken[0], pl_module._windows_done, trainer.num_training_batches))
+
+    loader = Counting(dm.windows("train"))
+    trainer = build_trainer(cfg, with_logger=False)
+    trainer.callbacks.append(AtEpochEnd())
+    trainer.fit(task, train_dataloaders=loader, val_dataloaders=dm.val_dataloader())
+    (handed_out, done, per_epoch), = at_epoch_end
+    assert handed_out == done == per_epoch == 3 < len(loader)  # the epoch is over, the loader is not
