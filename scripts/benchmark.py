@@ -34,8 +34,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lm.allocator import keep_freed_memory
+from lm.cli import report_user_errors
 from lm.build import build_task, build_trainer, model_config
 from lm.data import BPTTWindows, CorpusDataModule, Vocabulary, WindowLoader, batchify
+from lm.errors import ConfigError
 from lm.model import LSTMLanguageModel, detach_hidden
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,6 +260,7 @@ def cpu_peaks(args) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@report_user_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=SIZES, default="small")
@@ -285,7 +288,8 @@ def main() -> None:
     device = torch.device(args.device)
     data, vocab, source = windows(args)
     if len(data) < args.warmup + args.steps:
-        raise SystemExit(f"only {len(data)} windows: lower --steps or --warmup")
+        raise ConfigError(f"the training split has only {len(data)} windows of batch {args.batch} x BPTT {args.bptt}: "
+                          f"lower --steps or --warmup to {len(data)} together at most")
     tokens = args.batch * args.bptt
 
     output_dir = tempfile.mkdtemp(prefix="benchmark-")  # what the trainers write (CSV logs), removed below

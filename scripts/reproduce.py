@@ -17,6 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lm.cli import report_user_errors
+from lm.errors import UserError
+
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("vd", "al", "re", "real")
 STAGES = {"small": 2, "medium": 1, "large": 1}  # the paper's second training run is for the small models
@@ -34,10 +37,11 @@ def _train(variant_dir: Path, stage: int, preset: str, overrides: list[str]) -> 
     print(" ".join(command[1:]), flush=True)
     result = subprocess.run(command)
     if result.returncode != 0:
-        sys.exit(f"error: {variant_dir.name} stage {stage} stopped with status {result.returncode}; "
-                 "run the same command again to resume it.")
+        raise UserError(f"{variant_dir.name} stage {stage} stopped with status {result.returncode}; "
+                        "run the same command again to resume it.")
 
 
+@report_user_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("size", choices=tuple(STAGES))
