@@ -281,8 +281,12 @@ class CorpusDataModule(pl.LightningDataModule):
             raise DataError(f"missing split(s) {', '.join(missing)} in {self.data_dir}.\n{self._where_to_put_files()}")
         self._verify_checksums()
 
+    def split_paths(self) -> dict[str, Path | None]:
+        """Each split's file in ``data_dir`` (see ``split_path``), None where it is missing."""
+        return {s: split_path(self.data_dir, s, self.files) for s in SPLITS}
+
     def _missing_splits(self) -> list[str]:
-        return [s for s in SPLITS if split_path(self.data_dir, s, self.files) is None]
+        return [s for s, path in self.split_paths().items() if path is None]
 
     def _fetch(self, name: str, dest: Path, digest: str) -> None:
         failures = []
@@ -324,10 +328,10 @@ class CorpusDataModule(pl.LightningDataModule):
             self._check_fills_one_window(split, ids.numel(), batch)
 
     def _read(self) -> None:
-        paths = {s: split_path(self.data_dir, s, self.files) for s in SPLITS}
+        paths = self.split_paths()
         if any(p is None for p in paths.values()):
             self.prepare_data()
-            paths = {s: split_path(self.data_dir, s, self.files) for s in SPLITS}
+            paths = self.split_paths()
         lines = {s: read_lines(p) for s, p in paths.items()}
         self.vocab = Vocabulary.from_lines(lines["train"])
         self._ids = {}

@@ -123,7 +123,7 @@ def _preset_diff(folder: Path, compose) -> tuple[str, ...] | None:
     chosen = [o for o in groups if o.partition("=")[0].lstrip("+") in _SETTING_GROUPS]
     try:
         today = _flat(OmegaConf.to_container(compose(config_name="train", overrides=groups), resolve=False))
-        preset = _flat(OmegaConf.to_container(
+        preset = today if not chosen else _flat(OmegaConf.to_container(
             compose(config_name="train", overrides=[o for o in groups if o not in chosen]), resolve=False))
     except (HydraException, OmegaConfBaseException):  # e.g. a preset renamed since the run
         return None

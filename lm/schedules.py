@@ -79,7 +79,6 @@ class DecayAfter(torch.optim.lr_scheduler.LambdaLR):
         if not 0 < factor <= 1 or not isinstance(after_epoch, int) or after_epoch < 0:
             raise ConfigError(f"optim.lr_decay needs 0 < factor <= 1 and an integer after_epoch >= 0, got factor "
                               f"{factor!r}, after_epoch {after_epoch!r}.")
-        self.factor, self.after_epoch = factor, after_epoch
         super().__init__(optimizer, functools.partial(lr_decay_factor, factor=factor, after_epoch=after_epoch))
 
 

@@ -44,16 +44,20 @@ def find_studies(runs: list[Run]) -> list[Study]:
         if not hydra_yaml.is_file():
             continue
         sweeper = OmegaConf.load(hydra_yaml).hydra.get("sweeper", {})
-        if not sweeper.get("params") or "optuna" not in str(sweeper.get("_target_", "")).lower():
+        if "optuna" not in str(sweeper.get("_target_", "")).lower():
             continue
-        params = list(sweeper.params)
+        given = [dict(o.partition("=")[::2] for o in run.metrics.get("overrides") or []) for run in trials]
+        # The configured ranges, and the ones given on the command line: keys whose value differs between trials.
+        params = list(sweeper.get("params") or {})
+        params += sorted({k for g in given for k in g if k not in params and len({h.get(k) for h in given}) > 1})
+        if not params:
+            continue
         config = OmegaConf.load(trials[0].path / ".hydra" / "config.yaml")
         objective = config.get("objective", "val/ppl")
         rows = []
-        for run in trials:
-            given = dict(o.partition("=")[::2] for o in run.metrics.get("overrides") or [])
+        for run, values in zip(trials, given):
             value = run.metrics.get(objective) if run.finished else None
-            rows.append(({k: given.get(k, "?") for k in params}, math.nan if value is None else float(value), run))
+            rows.append(({k: values.get(k, "?") for k in params}, math.nan if value is None else float(value), run))
         studies.append(Study(folder, params, objective, str(sweeper.get("direction", "minimize")), rows))
     return studies
 

@@ -59,7 +59,7 @@ def _resume_from(cfg: DictConfig, run_dir: Path) -> Path | None:
 @report_user_errors
 def main(cfg: DictConfig) -> float:
     start = time.time()
-    if cfg.get("objective", "val/ppl") not in OBJECTIVES:
+    if cfg.objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {cfg.objective!r}.")
     keep_freed_memory()  # CPU: the per-step (tokens x vocab) tensors stay in the process (lm/allocator.py)
     pl.seed_everything(cfg.seed, workers=True)
@@ -133,7 +133,7 @@ def main(cfg: DictConfig) -> float:
             f"{metrics['train_tokens_per_s']:.0f} train tokens/s  -> {run_dir}"
         )
     close_distributed()
-    return metrics[cfg.get("objective", "val/ppl")]
+    return metrics[cfg.objective]
 
 
 if __name__ == "__main__":

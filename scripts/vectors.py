@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lm.cli import report_user_errors
-from lm.data import SPLITS, read_lines, split_path
+from lm.data import read_lines
 from lm.errors import DataError
 from lm.pretrained import train_word2vec, write_vectors
 
@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> None:
     logging.getLogger("gensim").setLevel(logging.WARNING)  # its per-pass progress lines
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # download if absent, check the checksums
-    paths = {s: split_path(datamodule.data_dir, s, datamodule.files) for s in SPLITS}
+    paths = datamodule.split_paths()
     train = paths["train"].resolve()
     for split in ("valid", "test"):
         if paths[split].resolve() == train:

@@ -45,7 +45,7 @@ def test_a_two_trial_study_runs_through_train_py_and_report_py_tables_it(corpus,
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the [search] extra")
     sweep = tmp_path / "study"
     result = run_script("train.py", "-m", "hparams_search=small_real_alpha_tau", "hydra.sweeper.n_trials=2",
-                        *_trial_args(corpus, sweep))
+                        "model.dropout_state=interval(0.1,0.5)", *_trial_args(corpus, sweep))  # a range added
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
     assert len(records) == 2 and records[0]["alpha"] != records[1]["alpha"]
@@ -57,7 +57,7 @@ def test_a_two_trial_study_runs_through_train_py_and_report_py_tables_it(corpus,
     result = run_script("report.py", str(sweep), "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     table = (out / f"study_{sweep.name}.md").read_text()
-    assert "| trial | `loss.alpha` | `loss.tau` | val/ppl |" in table
+    assert "| trial | `loss.alpha` | `loss.tau` | `model.dropout_state` | val/ppl |" in table
     assert table.count(" (best) |") == 1 and f"{best:.2f} (best)" in table
     assert "loss.tau" in (out / f"study_{sweep.name}.txt").read_text()
 
