@@ -1,14 +1,16 @@
-"""What the paper argues with: how close W is to the span of L, what y~ credits, what the model predicts."""
+"""What the paper argues with: how close W is to the span of L, what y~ credits, what the model predicts
+and how sharply."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from lm.checkpoint import load_checkpoint, model_state
-from lm.data import Vocabulary
+from lm.data import BPTTWindows, Vocabulary, batchify, read_lines
 from lm.errors import ConfigError, DataError
 from lm.model import LSTMLanguageModel
 
@@ -48,6 +50,14 @@ def load_model(ckpt_path: str | Path) -> tuple[LSTMLanguageModel, list[str]]:
     return model.eval(), vocab
 
 
+def read_text(path: Path, vocab: list[str], option: str) -> torch.Tensor:
+    """Token ids of a text file in a checkpoint's vocabulary (words outside it read as ``<unk>``)."""
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; {option} needs a text file such as ptb.valid.txt.")
+    ids, _ = Vocabulary(vocab).encode(read_lines(path))  # read_lines rejects an empty file
+    return ids
+
+
 @torch.no_grad()
 def target_spread(embedding: torch.Tensor, counts: torch.Tensor, tau: float, k: int = 10) -> dict[str, float]:
     """Where y~ = softmax(L L[w] / tau) puts its mass, averaged over words w weighted by ``counts`` (V,):
@@ -84,3 +94,47 @@ def predict_next(model: LSTMLanguageModel, vocab: list[str], text: str, k: int =
     probs = torch.softmax(logits[-1, 0].float(), dim=-1)
     top = probs.topk(min(k, len(vocab)))
     return [(vocab[i], float(p)) for p, i in zip(top.values, top.indices)]
+
+
+def tempered_losses(logits: torch.Tensor, targets: torch.Tensor, temps: list[float]) -> tuple[torch.Tensor, float]:
+    """For logits (N, V) and targets (N,): the summed cross-entropy of softmax(logits / T) for each T in
+    ``temps`` (float64, (len(temps),)), and the summed entropy of softmax(logits) in nats."""
+    z = logits.float()
+    ce = torch.stack([F.cross_entropy(z / t, targets, reduction="sum") for t in temps]).double()
+    log_p = torch.log_softmax(z, dim=-1)
+    return ce, float(-(log_p.exp() * log_p).sum(dtype=torch.float64))
+
+
+@torch.no_grad()
+def calibration(model: LSTMLanguageModel, ids: torch.Tensor, temps: list[float], streams: int = 10,
+                bptt: int = 35) -> dict:
+    """How sharp the model's predictions are over a token sequence, read as validation reads a split
+    (``streams`` parallel streams, windows of ``bptt``, the state carried from window to window).
+
+    Returns the number of predicted tokens, the mean entropy of softmax(z) and the mean cross-entropy
+    (nats), and ``perplexity``: {T: perplexity of softmax(z / T)} for T = 1 and each of ``temps``.
+    A calibrated model's entropy equals its cross-entropy on average; entropy below cross-entropy and
+    a lower perplexity at some T > 1 mean over-confident predictions, the opposite under-confident ones.
+    """
+    data = batchify(ids, streams)
+    if data.size(0) < 2:
+        raise DataError(f"the text has {ids.numel()} tokens, too few for {streams} streams; give a longer text "
+                        "or fewer streams.")
+    temps = sorted({1.0, *temps})
+    ce_sums = torch.zeros(len(temps), dtype=torch.float64)
+    entropy_sum, count = 0.0, 0
+    device = model.embedding.weight.device
+    hidden = model.init_hidden(streams)
+    for x, y in BPTTWindows(data, bptt):
+        logits, hidden = model(x.to(device), hidden)
+        ce, entropy = tempered_losses(logits.reshape(-1, logits.size(-1)), y.reshape(-1).to(device), temps)
+        ce_sums += ce.cpu()
+        entropy_sum += entropy
+        count += y.numel()
+    means = ce_sums / count
+    return {
+        "tokens": count,
+        "entropy": entropy_sum / count,
+        "cross_entropy": float(means[temps.index(1.0)]),
+        "perplexity": {t: float(m.exp()) for t, m in zip(temps, means)},
+    }

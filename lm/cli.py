@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
@@ -40,6 +41,17 @@ def report_user_errors(main):
             sys.exit(2)
 
     return wrapper
+
+
+def temperatures(text: str) -> list[float]:
+    """An argparse type: comma-separated temperatures, each > 0, such as ``1,2,5``."""
+    try:
+        taus = [float(t) for t in text.split(",")]
+    except ValueError:
+        taus = []
+    if not taus or min(taus) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give temperatures > 0, comma-separated, such as 1,2,5")
+    return taus
 
 
 def _unwritable(folder: Path) -> str | None:

@@ -16,28 +16,8 @@ from pathlib import Path
 
 import torch
 
-from lm.analysis import load_model, target_neighbors, target_spread
-from lm.data import Vocabulary, read_lines
-from lm.cli import report_user_errors
-from lm.errors import DataError
-
-
-def word_counts(path: Path, vocab: list[str]) -> torch.Tensor:
-    """How often each vocabulary word occurs in a text (words outside the vocabulary count as <unk>)."""
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; --spread needs a text file such as ptb.valid.txt.")
-    ids, _ = Vocabulary(vocab).encode(read_lines(path))  # read_lines rejects an empty file
-    return torch.bincount(ids, minlength=len(vocab))
-
-
-def temperatures(text: str) -> list[float]:
-    try:
-        taus = [float(t) for t in text.split(",")]
-    except ValueError:
-        taus = []
-    if not taus or min(taus) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give temperatures > 0, comma-separated, such as 1,2,5")
-    return taus
+from lm.analysis import load_model, read_text, target_neighbors, target_spread
+from lm.cli import report_user_errors, temperatures
 
 
 @report_user_errors
@@ -58,7 +38,7 @@ def main() -> None:
         for word, prob in target_neighbors(model.embedding.weight, vocab, args.word, args.k, args.tau):
             print(f"{prob:8.4f}  {word}")
         return
-    counts = word_counts(args.spread, vocab)
+    counts = torch.bincount(read_text(args.spread, vocab, "--spread"), minlength=len(vocab))
     uniform = math.log(len(vocab))
     print(f"tau | on the word | on its {args.k} nearest others | entropy (nats; uniform {uniform:.2f})")
     for tau in args.taus:

@@ -193,7 +193,7 @@ def test_bad_checkpoint(earlier_run, tmp_path, script, case):
 
 
 @pytest.mark.parametrize("entry", ["train.py ckpt_path", "train.py resume", "train.py init_from", "evaluate.py",
-                                   "predict.py", "neighbors.py"])
+                                   "predict.py", "neighbors.py", "calibration.py"])
 def test_a_checkpoint_carrying_code_is_refused_before_anything_runs(earlier_run, tmp_path, entry):
     corpus, run_dir = earlier_run
     before = _snapshot(run_dir)
@@ -212,6 +212,7 @@ def test_a_checkpoint_carrying_code_is_refused_before_anything_runs(earlier_run,
         "evaluate.py": ("evaluate.py", *data, f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'run'}"),
         "predict.py": ("predict.py", "w1 w2", "--ckpt", str(path)),
         "neighbors.py": ("neighbors.py", "w1", "--ckpt", str(path)),
+        "calibration.py": ("calibration.py", str(corpus / "valid.txt"), "--ckpt", str(path)),
     }[entry]
     result = run_script(*args)
     _check(result, run_dir, before, f"error: checkpoint {path} holds Python objects", "Use a checkpoint that train.py wrote")

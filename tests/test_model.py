@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lm.errors import ConfigError
+from lm.errors import ConfigError, DataError
 from lm.model import LockedDropout, LSTMLanguageModel, detach_hidden, masked_lstm
 
 
@@ -126,6 +126,46 @@ def test_target_spread_closed_form_and_blocks():
     spread = target_spread(emb, counts, 0.7)
     assert spread["self"] == pytest.approx(float(dense_self), rel=1e-5)
     assert spread["near"] == pytest.approx(float(dense_near), rel=1e-5)
+
+
+def test_tempered_losses_closed_form():
+    import math
+
+    from lm.analysis import tempered_losses
+
+    # Logits (a, 0, 0, 0): softmax(z / T) gives e^(a/T) / (e^(a/T) + 3) to word 0 and 1 / (e^(a/T) + 3) to the others.
+    a = 2.0
+    logits = torch.tensor([[a, 0.0, 0.0, 0.0], [a, 0.0, 0.0, 0.0]])
+    ce, entropy = tempered_losses(logits, torch.tensor([0, 1]), [1.0, 2.0])
+    for t, got in zip((1.0, 2.0), ce.tolist()):
+        z = math.exp(a / t) + 3
+        assert got == pytest.approx((math.log(z) - a / t) + math.log(z))
+    p0, q = math.exp(a) / (math.exp(a) + 3), 1 / (math.exp(a) + 3)
+    assert entropy == pytest.approx(2 * (-p0 * math.log(p0) - 3 * q * math.log(q)))
+
+
+def test_calibration_reads_a_text_as_one_pass_over_parallel_streams():
+    from lm.analysis import calibration
+    from lm.data import batchify
+
+    torch.manual_seed(0)
+    m = small(init_range=0.5).eval()
+    ids = torch.randint(0, 50, (103,))
+    got = calibration(m, ids, [2.0, 0.5], streams=3, bptt=4)
+    # The same as one forward pass over the whole streams: windows carry the state exactly.
+    data = batchify(ids, 3)
+    with torch.no_grad():
+        logits = m(data[:-1], m.init_hidden(3))[0].reshape(-1, 50)
+    targets = data[1:].reshape(-1)
+    assert got["tokens"] == targets.numel() == 33 * 3
+    for t in (0.5, 1.0, 2.0):
+        expected = torch.nn.functional.cross_entropy(logits / t, targets).exp()
+        assert got["perplexity"][t] == pytest.approx(float(expected), rel=1e-5)
+    assert got["cross_entropy"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, targets)), rel=1e-5)
+    p = torch.softmax(logits, dim=1)
+    assert got["entropy"] == pytest.approx(float(-(p * p.log()).sum(1).mean()), rel=1e-5)
+    with pytest.raises(DataError, match="too few for 3 streams"):
+        calibration(m, ids[:4], [1.0], streams=3)
 
 
 def test_word_dropout_drops_a_word_at_every_occurrence():

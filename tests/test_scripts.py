@@ -94,7 +94,7 @@ def test_benchmark_builds_the_model_with_train_py_overrides():
 
 
 @pytest.mark.slow
-def test_predict_and_neighbors_read_a_trained_checkpoint(corpus, tmp_path):
+def test_predict_neighbors_and_calibration_read_a_trained_checkpoint(corpus, tmp_path):
     run_dir = tmp_path / "run"
     result = run_script("train.py", *_common(corpus, run_dir), "model=tied", "loss=ce", "trainer.max_epochs=6",
                         "trainer.limit_train_batches=null", *NO_DROPOUT)
@@ -131,6 +131,15 @@ def test_predict_and_neighbors_read_a_trained_checkpoint(corpus, tmp_path):
     rows = [line.split(" | ") for line in spread.stdout.strip().splitlines()[1:]]
     assert [r[0] for r in rows] == ["1", "100"]
     assert float(rows[0][1]) > float(rows[1][1]) and float(rows[0][3]) < float(rows[1][3])  # hotter: flatter
+    calibrated = run_script("calibration.py", str(corpus / "valid.txt"), "--ckpt", ckpt, "--temps", "0.5,2",
+                            "--streams", "2", "--bptt", "8")  # TINY's data.eval_batch_size and data.bptt
+    assert calibrated.returncode == 0, calibrated.stderr[-3000:]
+    rows = dict(line.split(" | ") for line in calibrated.stdout.strip().splitlines()[2:])
+    assert list(rows) == ["0.5", "1", "2"]
+    assert float(rows["1"]) == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["val/ppl"], rel=1e-4)
+    bad = run_script("calibration.py", str(corpus / "nope.txt"), "--ckpt", ckpt)
+    assert bad.returncode == 2 and "error: " + str(corpus / "nope.txt") + " does not exist" in bad.stderr
+
     for args, message in ((["--spread", str(corpus / "nope.txt")], "does not exist"),
                           (["--spread", str(corpus / "valid.txt"), "--taus", "1,x"], "give temperatures > 0"),
                           ([], "give a WORD or --spread TEXT")):
