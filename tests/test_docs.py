@@ -12,6 +12,9 @@ from lm.build import model_config
 from lm.data import CorpusDataModule
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "conf" / "cluster").glob("*.yaml"))]
+# Config groups whose choices need a Hydra plugin from an optional extra (pyproject.toml).
+PLUGINS = {"cluster": ("hydra_plugins.hydra_submitit_launcher", "[slurm]"),
+           "hparams_search": ("hydra_plugins.hydra_optuna_sweeper", "[search]")}
 COMMAND = re.compile(r"python scripts/(train|evaluate)\.py((?:[^\n`|\\]|\\\n#?)*)")
 
 
@@ -31,8 +34,9 @@ def _commands():
 def test_documented_command_composes_and_its_batches_shard(tmp_path, script, words):
     overrides = [w for w in words if "=" in w and not w.startswith("-")]
     overrides = [o if "," not in o.partition("=")[2] else o.split(",")[0] for o in overrides]  # a sweep's first point
-    if any(o.startswith("cluster=") for o in overrides):
-        pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the [slurm] extra")
+    for group, (plugin, extra) in PLUGINS.items():
+        if any(o.startswith(f"{group}=") for o in overrides):
+            pytest.importorskip(plugin, reason=f"needs the {extra} extra")
     cfg = compose_cfg(overrides, tmp_path, config_name="train" if script == "train" else "evaluate")
     instantiate(model_config(cfg), vocab_size=100)
     devices = cfg.trainer.get("devices", 1)
