@@ -100,8 +100,9 @@ def tempered_losses(logits: torch.Tensor, targets: torch.Tensor, temps: list[flo
     """For logits (N, V) and targets (N,): the summed cross-entropy of softmax(logits / T) for each T in
     ``temps`` (float64, (len(temps),)), and the summed entropy of softmax(logits) in nats."""
     z = logits.float()
-    ce = torch.stack([F.cross_entropy(z / t, targets, reduction="sum") for t in temps]).double()
-    log_p = torch.log_softmax(z, dim=-1)
+    log_p = torch.log_softmax(z, dim=-1)  # T = 1: shared by its cross-entropy and the entropy
+    ce = torch.stack([F.nll_loss(log_p if t == 1.0 else torch.log_softmax(z / t, dim=-1), targets, reduction="sum")
+                      for t in temps]).double()
     return ce, float(-(log_p.exp() * log_p).sum(dtype=torch.float64))
 
 
