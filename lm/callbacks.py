@@ -198,6 +198,8 @@ class SaveOnStop(pl.Callback):
         if checkpoint is None or checkpoint.dirpath is None:
             return
         path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
-        trainer.save_checkpoint(path)
+        # The full state (optimizer, loops, callbacks) for resume; saying so explicitly also keeps Lightning
+        # from logging "weights_only was not set", which reads like an unsafe load.
+        trainer.save_checkpoint(path, weights_only=False)
         checkpoint.last_model_path = str(path)
         log.warning("stopped at epoch %d, step %d; wrote %s", trainer.current_epoch, trainer.global_step, path)

@@ -190,9 +190,10 @@ def test_train_script_killed_with_sigterm_resumes_to_the_same_result(tmp_path):
     # Signalled as soon as epoch 0 is saved, mostly in epoch 1's training; a signal in validation is
     # checked in-process above (test_sigterm_during_validation_finishes_it_and_resume_loses_no_epoch).
     proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=300)
+    stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 143, stderr[-3000:]
     assert "stopped by SIGTERM" in stderr and "resume=true" in stderr
+    assert "weights_only" not in stdout + stderr  # the stop's save says what it writes; no warning about loading
     assert not (run_dir / "metrics.json").exists()
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["callbacks"]["TrainThroughput"]["wall_s"] > 0
