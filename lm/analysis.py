@@ -59,9 +59,33 @@ def read_text(path: Path, vocab: list[str], option: str) -> torch.Tensor:
 
 
 @torch.no_grad()
+def target_axis(embedding: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
+    """How much of y~ one direction of L decides, averaged over words w weighted by ``counts`` (V,).
+
+    y~'s logits for w are L L[w] / tau; across the vocabulary they vary by L[w]^T C L[w] / tau^2, with C
+    the covariance of L's rows. ``logits``: the share of that variance along C's first eigenvector (1: y~
+    orders the vocabulary by one coordinate whatever w is, so it credits no particular similar words;
+    tau scales all axes alike and cancels). ``variance``: that axis's share of C's trace. ``frequency``:
+    |correlation| between the words' coordinates on it and log(1 + count).
+    """
+    emb = embedding.detach().double()
+    eigvals, eigvecs = torch.linalg.eigh(torch.cov(emb.t(), correction=0))  # ascending
+    coords = emb @ eigvecs  # (V, d): each word on each principal axis
+    per_axis = coords.pow(2) * eigvals  # variance of y~'s logits (x tau^2) along each axis, for each w
+    weights = counts.double() / counts.sum()
+    frequency = torch.corrcoef(torch.stack([coords[:, -1], counts.double().log1p()]))[0, 1]
+    return {
+        "logits": float(weights @ per_axis[:, -1] / (weights @ per_axis.sum(1))),
+        "variance": float(eigvals[-1] / eigvals.sum()),
+        "frequency": float(frequency.abs()),
+    }
+
+
+@torch.no_grad()
 def target_spread(embedding: torch.Tensor, counts: torch.Tensor, tau: float, k: int = 10) -> dict[str, float]:
     """Where y~ = softmax(L L[w] / tau) puts its mass, averaged over words w weighted by ``counts`` (V,):
-    on w itself, on the k other words nearest to w, and its entropy in nats.
+    on w itself, on the k other words nearest to w, and its entropy in nats; and ``axis``, the share of
+    its logits' variance that L's first principal axis decides (``target_axis``).
 
     Tells what the augmented term does at this tau: mostly mass on w repeats cross-entropy, mass on
     near words credits them (the paper's aim), mass spread thin over the vocabulary is label smoothing.
@@ -79,7 +103,7 @@ def target_spread(embedding: torch.Tensor, counts: torch.Tensor, tau: float, k: 
         self_mass += float((self_p.double() * w).sum())
         near_mass += float((others.double() * w).sum())
         entropy += float((-(p * log_p).sum(1).double() * w).sum())
-    return {"self": self_mass, "near": near_mass, "entropy": entropy}
+    return {"self": self_mass, "near": near_mass, "entropy": entropy, "axis": target_axis(emb, counts)["logits"]}
 
 
 @torch.no_grad()

@@ -25,7 +25,9 @@ class PaperDiagnostics(pl.Callback):
     Section 6.2 of the paper shows the augmented loss pulling it in. ``target/self``, ``target/near``,
     ``target/entropy`` (augmented loss): where y~ = softmax(L L[w] / tau) puts its mass at the tau in force,
     averaged over the validation words w. Mostly on w itself, the augmented term repeats cross-entropy; on
-    w's nearest words, it credits them (the paper's aim); spread thin, it is label smoothing.
+    w's nearest words, it credits them (the paper's aim); spread thin, it is label smoothing. ``target/axis``:
+    the share of the variance of y~'s logits that the first principal axis of L decides (near 1: y~ ranks
+    the vocabulary the same way for every w).
     """
 
     def __init__(self):

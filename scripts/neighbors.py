@@ -3,7 +3,8 @@
     python scripts/neighbors.py money --ckpt logs/runs/<run>/checkpoints/best.ckpt [--k 10] [--tau 1.0]
 
 With --spread TEXT instead of a word: where y~ puts its mass at several temperatures, averaged over the
-words of a text (on the word itself, on its k nearest other words, entropy), to choose loss.tau:
+words of a text (on the word itself, on its k nearest other words, entropy), to choose loss.tau; and
+how much of y~ the first principal axis of L decides, whatever the temperature:
 
     python scripts/neighbors.py --spread ../shared/data/ptb/ptb.valid.txt --ckpt ... --taus 1,2,5,10
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lm.analysis import load_model, read_text, target_neighbors, target_spread
+from lm.analysis import load_model, read_text, target_axis, target_neighbors, target_spread
 from lm.cli import report_user_errors, temperatures
 
 
@@ -44,6 +45,9 @@ def main() -> None:
     for tau in args.taus:
         spread = target_spread(model.embedding.weight, counts, tau, args.k)
         print(f"{tau:g} | {spread['self']:.3f} | {spread['near']:.3f} | {spread['entropy']:.2f}")
+    axis = target_axis(model.embedding.weight, counts)
+    print(f"first principal axis of L: {axis['variance']:.3f} of L's variance, {axis['logits']:.3f} of the variance "
+          f"of y~'s logits; |correlation| of the words' coordinates on it with log(1 + count): {axis['frequency']:.2f}")
 
 
 if __name__ == "__main__":

@@ -128,6 +128,37 @@ def test_target_spread_closed_form_and_blocks():
     assert spread["near"] == pytest.approx(float(dense_near), rel=1e-5)
 
 
+def test_target_axis_against_the_logits_it_describes():
+    from lm.analysis import target_axis, target_spread
+
+    # Rows on one line (L[j] = s_j * v): y~ ranks every word by s_j, all of its logits' variance is on that axis.
+    s = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    got = target_axis(s[:, None] * torch.tensor([[0.6, 0.8, 0.0]]), torch.tensor([1, 1, 1, 1]))
+    assert got["logits"] == pytest.approx(1.0) and got["variance"] == pytest.approx(1.0)
+    # Rows (+-a, 0) and (0, +-b), a > b: C = diag(a^2, b^2) / 2. A word on the first axis has logits
+    # varying by a^2 * a^2 / 2, all on that axis; one on the second by b^2 * b^2 / 2, none on it.
+    a, b = 2.0, 1.0
+    got = target_axis(torch.tensor([[a, 0.0], [-a, 0.0], [0.0, b], [0.0, -b]]), torch.tensor([3, 0, 1, 0]))
+    assert got["variance"] == pytest.approx(a**2 / (a**2 + b**2))
+    assert got["logits"] == pytest.approx(3 * a**4 / (3 * a**4 + b**4))
+    # Random L: the same as the variances of the (V, V) logits themselves, split by projecting L on the axis.
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(300, 6, generator=g) * torch.tensor([3.0, 1.0, 1.0, 0.5, 0.5, 0.2])
+    counts = torch.randint(0, 5, (300,), generator=g)
+    logits = emb.double() @ emb.double().t()  # row w: y~'s logits for w, times tau
+    centred = emb.double() - emb.double().mean(0)
+    axis = torch.linalg.svd(centred, full_matrices=False).Vh[0]
+    on_axis = torch.outer(emb.double() @ axis, emb.double() @ axis)
+    weights = counts.double() / counts.sum()
+    expected = float((weights * on_axis.var(1, correction=0)).sum() / (weights * logits.var(1, correction=0)).sum())
+    got = target_axis(emb, counts)
+    assert got["logits"] == pytest.approx(expected, rel=1e-9)
+    assert got["logits"] > 0.5  # the planted long axis (scale 3) carries most of it
+    assert got["frequency"] == pytest.approx(
+        abs(float(torch.corrcoef(torch.stack([emb.double() @ axis, counts.double().log1p()]))[0, 1])), rel=1e-9)
+    assert target_spread(emb, counts, 0.7)["axis"] == pytest.approx(expected, rel=1e-9)
+
+
 def test_tempered_losses_closed_form():
     import math
 

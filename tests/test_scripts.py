@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from collections import Counter
 
 import pytest
@@ -31,7 +32,7 @@ def test_train_writes_metrics_and_evaluate_reproduces_them(corpus, tmp_path):
     assert (run_dir / "vocab.txt").is_file() and (run_dir / "csv" / "metrics.csv").is_file()
     header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "subspace_distance" in header  # the paper's W-to-span(L) distance, logged for untied models
-    assert {"target/self", "target/near", "target/entropy"} <= set(header.split(","))  # where y~ puts its mass
+    assert {"target/self", "target/near", "target/entropy", "target/axis"} <= set(header.split(","))  # y~
 
     evaluated = run_script("evaluate.py", *TINY, f"data.data_dir={corpus}", "model=untied",
                            f"ckpt_path={best}", f"hydra.run.dir={tmp_path / 'eval'}")
@@ -128,9 +129,12 @@ def test_predict_neighbors_and_calibration_read_a_trained_checkpoint(corpus, tmp
 
     spread = run_script("neighbors.py", "--spread", str(corpus / "valid.txt"), "--ckpt", ckpt, "--taus", "1,100")
     assert spread.returncode == 0, spread.stderr[-3000:]
-    rows = [line.split(" | ") for line in spread.stdout.strip().splitlines()[1:]]
+    *table, axis = spread.stdout.strip().splitlines()[1:]
+    rows = [line.split(" | ") for line in table]
     assert [r[0] for r in rows] == ["1", "100"]
     assert float(rows[0][1]) > float(rows[1][1]) and float(rows[0][3]) < float(rows[1][3])  # hotter: flatter
+    shares = [float(x) for x in re.findall(r"(\d\.\d+) of", axis)]
+    assert axis.startswith("first principal axis of L:") and len(shares) == 2 and all(0 < x <= 1 for x in shares)
     calibrated = run_script("calibration.py", str(corpus / "valid.txt"), "--ckpt", ckpt, "--temps", "0.5,2",
                             "--streams", "2", "--bptt", "8")  # TINY's data.eval_batch_size and data.bptt
     assert calibrated.returncode == 0, calibrated.stderr[-3000:]
