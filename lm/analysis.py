@@ -84,8 +84,7 @@ def target_axis(embedding: torch.Tensor, counts: torch.Tensor) -> dict[str, floa
 @torch.no_grad()
 def target_spread(embedding: torch.Tensor, counts: torch.Tensor, tau: float, k: int = 10) -> dict[str, float]:
     """Where y~ = softmax(L L[w] / tau) puts its mass, averaged over words w weighted by ``counts`` (V,):
-    on w itself, on the k other words nearest to w, and its entropy in nats; and ``axis``, the share of
-    its logits' variance that L's first principal axis decides (``target_axis``).
+    on w itself, on the k other words nearest to w, and its entropy in nats.
 
     Tells what the augmented term does at this tau: mostly mass on w repeats cross-entropy, mass on
     near words credits them (the paper's aim), mass spread thin over the vocabulary is label smoothing.
@@ -103,7 +102,7 @@ def target_spread(embedding: torch.Tensor, counts: torch.Tensor, tau: float, k: 
         self_mass += float((self_p.double() * w).sum())
         near_mass += float((others.double() * w).sum())
         entropy += float((-(p * log_p).sum(1).double() * w).sum())
-    return {"self": self_mass, "near": near_mass, "entropy": entropy, "axis": target_axis(emb, counts)["logits"]}
+    return {"self": self_mass, "near": near_mass, "entropy": entropy}
 
 
 @torch.no_grad()

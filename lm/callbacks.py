@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from lm.analysis import subspace_distance, target_spread
+from lm.analysis import subspace_distance, target_axis, target_spread
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class PaperDiagnostics(pl.Callback):
         if self._word_counts is not None:
             counts = trainer.strategy.reduce(self._word_counts, reduce_op="sum")  # DDP: every shard's words
             spread = target_spread(model.embedding.weight, counts, pl_module.current_tau())
+            spread["axis"] = target_axis(model.embedding.weight, counts)["logits"]  # the same at every tau
             for key, value in spread.items():
                 pl_module.log(f"target/{key}", value, on_epoch=True, sync_dist=False)
 

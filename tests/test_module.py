@@ -179,7 +179,7 @@ def test_tau_follows_its_schedule_and_reaches_the_loss(corpus, tmp_path):
 
 
 def test_target_spread_is_logged_over_the_validation_words_at_the_tau_of_the_last_step(corpus, tmp_path):
-    from lm.analysis import target_spread
+    from lm.analysis import target_axis, target_spread
 
     _, dm, task, trainer = build(
         corpus, tmp_path, "loss=augmented", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
@@ -190,6 +190,7 @@ def test_target_spread_is_logged_over_the_validation_words_at_the_tau_of_the_las
     counts = sum(torch.bincount(y.reshape(-1), minlength=dm.vocab_size) for _, y in dm.val_dataloader())
     last_tau = 0.5 + 1.5 * 2 / 4  # global step 2 of the ramp
     expected = target_spread(task.model.embedding.weight, counts, last_tau)
+    expected["axis"] = target_axis(task.model.embedding.weight, counts)["logits"]
     for key, value in expected.items():
         assert float(trainer.logged_metrics[f"target/{key}"]) == pytest.approx(value, rel=1e-5), key
     # The tau matters: loss.tau (the ramp's end) gives another spread.
