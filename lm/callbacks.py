@@ -54,8 +54,9 @@ class PaperDiagnostics(pl.Callback):
             pl_module.log("subspace_distance", distance, on_epoch=True, sync_dist=False)
         if self._word_counts is not None:
             counts = trainer.strategy.reduce(self._word_counts, reduce_op="sum")  # DDP: every shard's words
-            spread = target_spread(model.embedding.weight, counts, pl_module.current_tau())
-            spread["axis"] = target_axis(model.embedding.weight, counts)["logits"]  # the same at every tau
+            target_embedding = pl_module.loss.target_embedding(model.embedding.weight)  # what y~ is formed from
+            spread = target_spread(target_embedding, counts, pl_module.current_tau())
+            spread["axis"] = target_axis(target_embedding, counts)["logits"]  # the same at every tau
             for key, value in spread.items():
                 pl_module.log(f"target/{key}", value, on_epoch=True, sync_dist=False)
 

@@ -1,13 +1,16 @@
-"""Cross-entropy and the augmented loss (METHOD.md).
+"""Cross-entropy and the augmented loss (docs/method.md).
 
-Both take flat logits z (N, V), targets y* (N,), the input embedding L (V, d) and the current alpha,
-and return a ``LossOutput``; perplexity is always exp of its ``ce`` part.
+Both take flat logits z (N, V), targets y* (N,), the input embedding L (V, d), the current alpha and tau,
+and the classifier's output bias b (or None), and return a ``LossOutput``; perplexity is always exp of
+its ``ce`` part.
 
 Augmented loss, per token t:
     y~_t = softmax(L L[y*_t] / tau)        target from embedding similarity (no gradient by default)
-    y^_t = softmax(z_t / tau)               tempered prediction
+    y^_t = softmax((z_t - b) / tau)         tempered prediction, without the bias as in the paper's eq. 3.1
+                                            (pred_bias=true: softmax(z_t / tau), the bias included)
     J    = CE(z_t, y*_t) + alpha * tau * KL(y~_t || y^_t)
-With the factor tau, dJ/dz_t = softmax(z_t) - onehot(y*_t) + alpha * (y^_t - y~_t).
+With the factor tau, dJ/dz_t = softmax(z_t) - onehot(y*_t) + alpha * (y^_t - y~_t), and the bias, which
+reaches y^ through z and is taken out again, gets the cross-entropy part alone: sum_t softmax(z_t) - onehot.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ class LossOutput(NamedTuple):
 
 
 class CrossEntropyLoss(nn.Module):
-    def forward(self, logits, targets, embedding, alpha: float = 0.0, tau: float = 1.0, step: int = 0) -> LossOutput:
-        """``alpha`` and ``tau`` are ignored: the signature is the augmented loss's."""
+    def forward(self, logits, targets, embedding, alpha: float = 0.0, tau: float = 1.0, step: int = 0,
+                bias: torch.Tensor | None = None) -> LossOutput:
+        """Only ``logits`` and ``targets`` are used: the signature is the augmented loss's."""
         ce = F.cross_entropy(logits.float(), targets)
         return LossOutput(ce, ce, torch.zeros_like(ce))
 
@@ -43,84 +47,96 @@ class AugmentedLoss(nn.Module):
 
     ``alpha`` and ``tau`` are arguments of every call: the values in force at that step, which the
     alpha and tau schedules produce (lm/schedules.py; ``loss.alpha`` and ``loss.tau`` in the configs are
-    the values they end at). ``target_grad=True`` lets gradients flow into the embedding
-    through the target distribution (an ablation; the paper treats the target as a constant).
+    the values they end at).
 
-    ``target_refresh=K`` builds ``y~`` from a frozen copy of the embedding taken every K training
-    steps (``step % K == 0``), like a target network in reinforcement learning, instead of from the
-    embedding that moves every step; K=1 is the paper's loss. It costs one copy of the embedding.
+    Options (conf/loss/augmented.yaml): ``target_grad`` lets gradients flow into the embedding through
+    ``y~``; ``pred_bias`` keeps the output bias in ``y^``; ``centre_target`` forms ``y~`` from ``L`` with
+    its mean row removed, so that a direction shared by every word vector does not rank the target;
+    ``target_refresh=K`` forms ``y~`` from a copy of the embedding taken every K training steps (a fixed
+    target, like a target network), K=1 being the paper's loss.
     """
 
     def __init__(self, target_grad: bool = False, chunk_elements: int = 1 << 23, compile: bool | str = "auto",
-                 target_refresh: int = 1):
+                 target_refresh: int = 1, pred_bias: bool = True, centre_target: bool = False):
         super().__init__()
         if not isinstance(target_refresh, int) or target_refresh < 1:
             raise ConfigError(f"loss.target_refresh must be a positive integer (steps), got {target_refresh!r}.")
         if target_refresh > 1 and target_grad:
             raise ConfigError("loss.target_grad=true needs loss.target_refresh=1: a frozen copy of the embedding "
                               "passes no gradient.")
-        self.target_refresh = target_refresh
-        self.target_snapshot: torch.Tensor | None = None
         if compile not in (True, False, "auto"):
             raise ConfigError(f"loss.compile must be true, false or auto, got {compile!r}.")
+        self.target_refresh = target_refresh
+        self.target_snapshot: torch.Tensor | None = None
         self.compile = compile
         self.kernels = Kernels() if compile else None  # this loss's own: a failed compile falls back here only
         self.target_grad = target_grad
+        self.pred_bias = pred_bias
+        self.centre_target = centre_target
         self.chunk_elements = chunk_elements
 
-    def forward(self, logits, targets, embedding, alpha: float, tau: float, step: int = 0) -> LossOutput:
+    def target_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The matrix ``y~`` is formed from: ``L``, or ``L`` less its mean row with ``centre_target``."""
+        return embedding - embedding.mean(0) if self.centre_target else embedding
+
+    def forward(self, logits, targets, embedding, alpha: float, tau: float, step: int = 0,
+                bias: torch.Tensor | None = None) -> LossOutput:
         if self.target_refresh > 1:
             if self.target_snapshot is None or step % self.target_refresh == 0:
                 self.target_snapshot = embedding.detach().clone()
             embedding = self.target_snapshot
         compiled = self.compile is True or (self.compile == "auto" and logits.size(-1) >= COMPILE_MIN_VOCAB)
-        return augmented_loss(logits, targets, embedding, alpha, tau, self.target_grad, self.chunk_elements,
-                              self.kernels if compiled else None)
+        return augmented_loss(logits, targets, embedding, alpha, tau, target_grad=self.target_grad,
+                              centre_target=self.centre_target, bias=None if self.pred_bias else bias,
+                              chunk_elements=self.chunk_elements, kernels=self.kernels if compiled else None)
 
 
 def augmented_loss(logits, targets, embedding, alpha: float, tau: float, target_grad: bool = False,
-                   chunk_elements: int = 1 << 23, kernels: Kernels | None = None) -> LossOutput:
-    """The augmented loss with its gradient in closed form.
+                   centre_target: bool = False, bias: torch.Tensor | None = None, chunk_elements: int = 1 << 23,
+                   kernels: Kernels | None = None) -> LossOutput:
+    """The augmented loss with its gradient in closed form; ``bias``, when given, is taken out of ``y^``.
 
     Autograd through softmax, log-softmax and KL would keep several (N, V) intermediates alive and
     compute each twice. Instead the forward pass computes the loss and, row chunk by row chunk
     (at most ``chunk_elements`` elements per temporary), the gradient with respect to the logits,
-    ``(softmax(z) - onehot(y*) + alpha * (softmax(z / tau) - y~)) / N``, which backward only scales.
-    ``y~`` is computed once per distinct target word in the batch, not once per token.
+    ``(softmax(z) - onehot(y*) + alpha * (y^ - y~)) / N``, which backward only scales. ``y~`` is formed
+    once per distinct target word in the batch, not once per token.
 
-    ``kernels`` (a ``Kernels``) runs the per-token work through ``torch.compile``, which fuses forming
-    ``y~`` from its logits, both softmaxes, the KL sum and the gradient into about two passes over each
-    chunk (the eager code needs eight); where compiling fails (no C++ compiler, no Triton) it warns
-    once and those kernels stay eager. The gradient-through-target option always runs eagerly.
+    ``kernels`` (a ``Kernels``) runs the same two functions through ``torch.compile``, which fuses each
+    chunk's work into about two passes over it; where compiling fails (no C++ compiler, no Triton) it
+    warns once and runs them eagerly.
     """
-    return LossOutput(*_FusedAugmentedLoss.apply(logits, targets, embedding, alpha, tau, target_grad, chunk_elements,
-                                                 None if target_grad else kernels))
+    return LossOutput(*_FusedAugmentedLoss.apply(logits, targets, embedding, bias, alpha, tau, target_grad,
+                                                 centre_target, chunk_elements, kernels))
 
 
 def _target_logits(rows: torch.Tensor, emb: torch.Tensor, tau) -> tuple[torch.Tensor, torch.Tensor]:
     """log y~ = S - lse for each distinct target word: S = rows L^T / tau (U, V) and lse (U,). y~ itself
-    is formed from them inside ``_token_terms``, where its (U, V) table would otherwise be written once
-    here and read back there; the matmul is the irreducible cost of the augmented loss."""
+    is formed from them in ``_chunk_terms``; the matmul is the irreducible cost of the augmented loss."""
     logits = (rows / tau) @ emb.t()
     return logits, torch.logsumexp(logits, dim=-1)
 
 
-def _token_terms(z, y, u, target_logits, target_lse, alpha, tau, inv_n, tau_is_one: bool):
-    """For a chunk of rows: sum of CE, sum of KL(y~ || y^), and the gradient of the mean total loss
-    w.r.t. z. Written without in-place ops so that torch.compile can fuse it."""
+def _chunk_terms(z, y, u, target_logits, target_lse, alpha, tau, inv_n, bias, pred_is_p: bool, want_log_pred: bool):
+    """For a chunk of rows: sum of CE, sum of KL(y~ || y^), the gradient of the mean total loss w.r.t. z,
+    the bias's own gradient through y^ (None without ``bias``) and log y^ (None unless ``want_log_pred``).
+    ``pred_is_p``: tau = 1 and no bias to take out, so y^ = softmax(z). No in-place ops: torch.compile fuses it."""
     log_p = z - torch.logsumexp(z, dim=-1, keepdim=True)
     ce_sum = -log_p.gather(1, y[:, None]).sum()
     p = torch.exp(log_p)
-    if tau_is_one:
+    if pred_is_p:
         log_pred, pred = log_p, p
     else:
-        log_pred = z / tau - torch.logsumexp(z / tau, dim=-1, keepdim=True)
+        scaled = (z if bias is None else z - bias) / tau
+        log_pred = scaled - torch.logsumexp(scaled, dim=-1, keepdim=True)
         pred = torch.exp(log_pred)
     log_target = target_logits[u] - target_lse[u][:, None]
     target = torch.exp(log_target)
     kl_sum = (target * (log_target - log_pred)).sum()
     onehot = (torch.arange(z.size(1), device=z.device) == y[:, None]).to(z.dtype)
-    return ce_sum, kl_sum, (p + alpha * (pred - target) - onehot) * inv_n
+    pull = alpha * (pred - target)  # (C, V): the augmented term's gradient w.r.t. z
+    bias_grad = None if bias is None else -pull.sum(0) * inv_n
+    return ce_sum, kl_sum, (p + pull - onehot) * inv_n, bias_grad, log_pred if want_log_pred else None
 
 
 class _Compiled:
@@ -150,99 +166,77 @@ class Kernels:
 
     def __init__(self):
         self.target_logits = _Compiled(_target_logits)
-        self.token_terms = _Compiled(_token_terms)
+        self.chunk_terms = _Compiled(_chunk_terms)
+
+
+def _target_gradient(target_logits, target_lse, log_pred_sum, inverse, words, rows, emb, alpha, tau, n):
+    """d(alpha tau KL / N) / dL through y~ (``target_grad``): with S = rows L^T / tau and, per distinct
+    word, its row count and the sum of its rows' log y^, dKL/dS = y~ * (count log y~ - sum log y^ -
+    (count sum y~ log y~ - <y~, sum log y^>)); then through both sides of S."""
+    log_target = target_logits - target_lse[:, None]
+    target = log_target.exp()
+    count = torch.bincount(inverse, minlength=words.numel()).float()[:, None]
+    c = count[:, 0] * (target * log_target).sum(-1) - (target * log_pred_sum).sum(-1)
+    grad_s = target * (count * log_target - log_pred_sum - c[:, None]) * (alpha / n)  # (alpha tau / n) / tau
+    grad_emb = grad_s.t() @ rows  # through the similarity to every word
+    return grad_emb.index_add_(0, words, grad_s @ emb)  # through each target word's own row
 
 
 class _FusedAugmentedLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, targets, embedding, alpha, tau, target_grad, chunk_elements, kernels):
+    def forward(ctx, logits, targets, embedding, bias, alpha, tau, target_grad, centre_target, chunk_elements,
+                kernels):
         n, v = logits.shape
+        target_logits_fn = kernels.target_logits if kernels is not None else _target_logits
+        chunk_terms = kernels.chunk_terms if kernels is not None else _chunk_terms
         # float32 throughout, also under bf16/fp16 autocast: softmax, log and KL need the range.
         with torch.autocast(device_type=logits.device.type, enabled=False):
             emb = embedding.detach().float()
+            if centre_target:
+                emb = emb - emb.mean(0)
             words, inverse = torch.unique(targets, return_inverse=True)  # words: (U,), inverse: (N,)
             rows = emb[words]  # (U, d)
-            if kernels is not None:
-                return _FusedAugmentedLoss._compiled_forward(ctx, kernels, logits, targets, words, inverse, rows, emb,
-                                                             alpha, tau, chunk_elements)
-            log_target = torch.log_softmax(rows @ emb.t() / tau, dim=-1)  # (U, V): log y~ per distinct word
-            target_probs = log_target.exp()  # (U, V): y~
-            neg_entropy = (target_probs * log_target).sum(-1)  # (U,): sum y~ log y~
-
-            grad = torch.empty(n, v, dtype=torch.float32, device=logits.device)
-            ce_sum = logits.new_zeros((), dtype=torch.float32)
-            kl_sum = logits.new_zeros((), dtype=torch.float32)
-            log_pred_sum = torch.zeros_like(log_target) if target_grad else None  # sum of log y^ per word
+            # Tensors, not floats: a float would be baked into the compiled code and recompiled for every
+            # value an alpha or tau schedule takes. torch.full: a fill on the device, not a host copy.
+            alpha_t, tau_t, inv_n = (torch.full((), x, dtype=torch.float32, device=logits.device)
+                                     for x in (alpha, tau, 1.0 / n))
+            target_logits, target_lse = target_logits_fn(rows, emb, tau_t)  # (U, V), (U,)
+            shift = None if bias is None else bias.detach().float()
+            pred_is_p = tau == 1.0 and shift is None
             chunk = max(1, chunk_elements // v)
+            grad = None if chunk >= n else torch.empty(n, v, dtype=torch.float32, device=logits.device)
+            grad_bias = None if shift is None else torch.zeros(v, dtype=torch.float32, device=logits.device)
+            log_pred_sum = torch.zeros_like(target_logits) if target_grad else None  # sum of log y^ per word
+            ce_sum = kl_sum = 0.0
             for start in range(0, n, chunk):
                 end = min(start + chunk, n)
-                z = logits[start:end].float()  # (C, V)
-                y, u = targets[start:end], inverse[start:end]
-                g = grad[start:end]
-                torch.log_softmax(z, dim=-1, out=g)  # log softmax(z), kept in the gradient buffer
-                ce_sum -= g.gather(1, y[:, None]).sum()
-                target = target_probs.index_select(0, u)  # (C, V): y~ of each row's word (a copy, no exp)
-                # tau = 1 (the default) needs no second softmax: y^ = softmax(z).
-                log_pred = g if tau == 1.0 else torch.log_softmax(z / tau, dim=-1)  # (C, V): log y^
-                kl_sum += neg_entropy[u].sum() - torch.dot(target.view(-1), log_pred.reshape(-1))
+                u = inverse[start:end]
+                ce_part, kl_part, g, bias_part, log_pred = chunk_terms(
+                    logits[start:end].float(), targets[start:end], u, target_logits, target_lse, alpha_t, tau_t,
+                    inv_n, shift, pred_is_p, target_grad)
+                ce_sum = ce_sum + ce_part
+                kl_sum = kl_sum + kl_part
+                if grad is None:
+                    grad = g  # one chunk: the kernel's output is the buffer
+                else:
+                    grad[start:end] = g
+                if shift is not None:
+                    grad_bias += bias_part
                 if target_grad:
                     log_pred_sum.index_add_(0, u, log_pred)
-                if tau == 1.0:
-                    g.exp_().mul_(1.0 + alpha)  # softmax(z) + alpha y^
-                else:
-                    g.exp_().add_(log_pred.exp_(), alpha=alpha)
-                g.sub_(target, alpha=alpha)  # - alpha y~
-                g[torch.arange(end - start, device=g.device), y] -= 1.0  # - onehot(y*)
-            grad.div_(n)
-
             grad_emb = None
             if target_grad:
-                # d(alpha tau KL / N) / dS for S = rows @ emb.T / tau, summed over each word's rows:
-                # y~ * (count log y~ - sum log y^ - (count sum y~ log y~ - <y~, sum log y^>)).
-                count = torch.bincount(inverse, minlength=words.numel()).float()[:, None]
-                c = count[:, 0] * neg_entropy - (target_probs * log_pred_sum).sum(-1)
-                grad_s = target_probs * (count * log_target - log_pred_sum - c[:, None]) * (alpha * tau / n)
-                grad_s /= tau  # S = rows @ emb.T / tau
-                grad_emb = grad_s.t() @ rows  # through the similarity to every word
-                grad_emb.index_add_(0, words, grad_s @ emb)  # through each target word's own row
+                grad_emb = _target_gradient(target_logits, target_lse, log_pred_sum, inverse, words, rows, emb,
+                                            alpha, tau, n)
+                if centre_target:  # y~ saw L less its mean row, which every row of L moves
+                    grad_emb -= grad_emb.mean(0)
                 grad_emb = grad_emb.to(embedding.dtype)
+            if grad_bias is not None:
+                grad_bias = grad_bias.to(bias.dtype)
 
-        return _FusedAugmentedLoss._finish(ctx, logits, grad, grad_emb, ce_sum, kl_sum, alpha, tau)
-
-    @staticmethod
-    def _compiled_forward(ctx, kernels, logits, targets, words, inverse, rows, emb, alpha, tau, chunk_elements):
-        n, v = logits.shape
-        # Tensors, not floats: a float would be baked into the compiled code and recompiled for every
-        # value an alpha or tau schedule takes.
-        # torch.full, not torch.tensor: a fill on the device, not a copy from the host.
-        alpha_t = torch.full((), alpha, dtype=torch.float32, device=logits.device)
-        tau_t = torch.full((), tau, dtype=torch.float32, device=logits.device)
-        target_logits, target_lse = kernels.target_logits(rows, emb, tau_t)
-        inv_n = torch.full((), 1.0 / n, dtype=torch.float32, device=logits.device)
-        chunk = max(1, chunk_elements // v)
-        grad = None if chunk >= n else torch.empty(n, v, dtype=torch.float32, device=logits.device)
-        ce_sum = kl_sum = 0.0
-        for start in range(0, n, chunk):
-            end = min(start + chunk, n)
-            u = inverse[start:end]
-            ce_part, kl_part, g = kernels.token_terms(logits[start:end].float(), targets[start:end], u,
-                                                      target_logits, target_lse, alpha_t, tau_t, inv_n, tau == 1.0)
-            ce_sum = ce_sum + ce_part
-            kl_sum = kl_sum + kl_part
-            if grad is None:
-                grad = g  # one chunk: the kernel's output is the buffer
-            else:
-                grad[start:end] = g
-        return _FusedAugmentedLoss._finish(ctx, logits, grad, None, ce_sum, kl_sum, alpha, tau)
-
-    @staticmethod
-    def _finish(ctx, logits, grad, grad_emb, ce_sum, kl_sum, alpha, tau):
-        n = logits.size(0)
-        ce = ce_sum / n
-        kl = kl_sum / n
-        ctx.save_for_backward(grad, grad_emb)
+        ce, kl = ce_sum / n, kl_sum / n
+        ctx.save_for_backward(grad, grad_emb, grad_bias)
         ctx.logits_dtype = logits.dtype
-        ctx.target_grad = grad_emb is not None
         ctx.backward_done = False
         ctx.mark_non_differentiable(ce, kl)
         return ce + alpha * tau * kl, ce, kl
@@ -252,8 +246,9 @@ class _FusedAugmentedLoss(torch.autograd.Function):
         if ctx.backward_done:
             raise RuntimeError("the fused augmented loss supports one backward pass per forward (no retain_graph)")
         ctx.backward_done = True
-        grad, grad_emb = ctx.saved_tensors
+        grad, grad_emb, grad_bias = ctx.saved_tensors
         # In place: the buffer is this step's alone, and not allocating a second (N, V) tensor is the point.
         grad_logits = grad.mul_(grad_total).to(ctx.logits_dtype)
-        grad_embedding = grad_emb * grad_total if ctx.target_grad else None
-        return grad_logits, None, grad_embedding, None, None, None, None, None
+        grad_embedding = None if grad_emb is None else grad_emb * grad_total
+        grad_b = None if grad_bias is None else grad_bias * grad_total
+        return grad_logits, None, grad_embedding, grad_b, None, None, None, None, None, None

@@ -195,7 +195,7 @@ class LanguageModelTask(pl.LightningModule):
         self._hidden["train"] = detach_hidden(hidden)
         alpha, tau = self.current_alpha(batch_idx), self.current_tau(batch_idx)
         out = self.loss(logits.view(-1, logits.size(-1)), y.reshape(-1), self.model.embedding.weight, alpha=alpha,
-                        tau=tau, step=self.global_step)
+                        tau=tau, step=self.global_step, bias=self.model.decoder.bias)
         if self._logging_step():
             n = y.numel()
             self.log("train/loss", out.total, prog_bar=True, batch_size=n)

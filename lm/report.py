@@ -92,9 +92,6 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
 # what it trains. A stage-2 run's init_from is a path; the table's stage column says what it trains.
 _NOT_TRAINING = ("paths.", "resume", "ckpt_path", "init_from", "objective", "data.data_dir", "data.download", "data.url", "data.sha256",
                  "callbacks.", "trainer.plugins", "logger.")
-# Keys added to the configs later, with the value that does what runs from before them did: a run
-# without the key is not set apart from today's preset for lacking it.
-_BEFORE_ADDED = {"model.dropout_state": 0.0}
 # Groups whose choice is a setting of the run (lr_schedule=plateau), shown in its settings, not part of its preset.
 _SETTING_GROUPS = ("alpha_schedule", "tau_schedule", "lr_schedule")
 
@@ -127,8 +124,7 @@ def _preset_diff(folder: Path, compose) -> tuple[str, ...] | None:
             compose(config_name="train", overrides=[o for o in groups if o not in chosen]), resolve=False))
     except (HydraException, OmegaConfBaseException):  # e.g. a preset renamed since the run
         return None
-    ran = _upgrade_lr_schedule(_flat(OmegaConf.to_container(OmegaConf.load(config), resolve=False)))
-    ran = {**{k: v for k, v in _BEFORE_ADDED.items() if k in today}, **ran}
+    ran = _flat(OmegaConf.to_container(OmegaConf.load(config), resolve=False))
     absent = object()
     settings = {
         f"{key}={_show(ran[key]) if key in ran else '(absent)'}"
@@ -140,23 +136,6 @@ def _preset_diff(folder: Path, compose) -> tuple[str, ...] | None:
         if any(today.get(k) != preset.get(k) for k in today.keys() | preset.keys() if k.startswith(prefix)):
             settings.add(choice.lstrip("+"))
     return tuple(sorted(settings))
-
-
-def _upgrade_lr_schedule(flat: dict) -> dict:
-    """A record's config from when the learning-rate schedule was ``optim.lr_schedule.kind`` with its values
-    beside it, in today's keys: the ``lr_schedule`` option it ran and ``optim.lr_decay``."""
-    kind = flat.get("optim.lr_schedule.kind")
-    if kind is None:
-        return flat
-    old = {k.removeprefix("optim.lr_schedule."): flat.pop(k) for k in list(flat) if k.startswith("optim.lr_schedule.")}
-    from omegaconf import OmegaConf
-
-    option = OmegaConf.to_container(OmegaConf.load(CONF / "lr_schedule" / f"{kind}.yaml"), resolve=False)
-    flat.update(_flat(option, "lr_schedule."))
-    flat["optim.lr_decay.factor"], flat["optim.lr_decay.after_epoch"] = old["decay_factor"], old["after_epoch"]
-    if kind == "plateau":
-        flat["lr_schedule.factor"], flat["lr_schedule.hold_epochs"] = old["plateau_factor"], old.get("plateau_hold", 0)
-    return flat
 
 
 def _flat(tree, prefix: str = "") -> dict:

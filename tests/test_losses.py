@@ -95,27 +95,34 @@ def test_bad_compile_setting_is_a_config_error():
         AugmentedLoss(compile="yes")
 
 
-def reference_augmented(logits, targets, embedding, alpha, tau, target_grad):
-    """The straightforward formulation, autograd through every intermediate."""
+def reference_augmented(logits, targets, embedding, alpha, tau, target_grad, bias=None, centre_target=False):
+    """The straightforward formulation, autograd through every intermediate; ``bias`` is taken out of y^."""
     z = logits.float()
     emb = embedding.float() if target_grad else embedding.float().detach()
+    if centre_target:
+        emb = emb - emb.mean(0)
     log_target = F.log_softmax(emb[targets] @ emb.t() / tau, dim=-1)
-    log_pred = F.log_softmax(z / tau, dim=-1)
+    log_pred = F.log_softmax((z if bias is None else z - bias.float()) / tau, dim=-1)
     kl = F.kl_div(log_pred, log_target, log_target=True, reduction="batchmean")
     return F.cross_entropy(z, targets) + alpha * tau * kl
 
 
-def _model_grads(loss_fn, tied, seed=0, autocast=False, loss_in_autocast=True, upstream=1.0):
+def _model_grads(loss_fn, tied, seed=0, autocast=False, loss_in_autocast=True, upstream=1.0, output_bias=None):
+    """The loss and every parameter's gradient of a small model; ``loss_fn(z, y, L, b)``, b the output bias
+    (by default untied models have one and tied ones do not)."""
     from lm.model import LSTMLanguageModel
 
     torch.manual_seed(seed)
-    model = LSTMLanguageModel(vocab_size=V, emb_size=D, hidden_size=D, tie_weights=tied, output_bias=not tied)
+    output_bias = not tied if output_bias is None else output_bias
+    model = LSTMLanguageModel(vocab_size=V, emb_size=D, hidden_size=D, tie_weights=tied, output_bias=output_bias)
+    if output_bias:
+        torch.nn.init.uniform_(model.decoder.bias, -1.0, 1.0)  # a bias far from 0, so that taking it out shows
     tokens = torch.randint(0, V, (7, 4), generator=torch.Generator().manual_seed(seed))
     targets = torch.randint(0, V, (7 * 4,), generator=torch.Generator().manual_seed(seed + 1))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         logits, _ = model(tokens, model.init_hidden(4))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast and loss_in_autocast):
-            loss = loss_fn(logits.view(-1, V), targets, model.embedding.weight)
+            loss = loss_fn(logits.view(-1, V), targets, model.embedding.weight, model.decoder.bias)
     (loss * upstream).backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -129,21 +136,88 @@ def test_fused_matches_straightforward_loss_and_every_parameter_gradient(tied, t
                                                                          compiled):
     alpha = 0.6
     fused = AugmentedLoss(target_grad=target_grad, chunk_elements=chunk_elements, compile=compiled)
-    loss_f, grads_f = _model_grads(lambda z, y, L: fused(z, y, L, alpha, tau).total, tied)
-    loss_r, grads_r = _model_grads(lambda z, y, L: reference_augmented(z, y, L, alpha, tau, target_grad), tied)
+    loss_f, grads_f = _model_grads(lambda z, y, L, b: fused(z, y, L, alpha, tau).total, tied)
+    loss_r, grads_r = _model_grads(lambda z, y, L, b: reference_augmented(z, y, L, alpha, tau, target_grad), tied)
     assert torch.allclose(loss_f, loss_r, rtol=1e-5)
     for name in grads_r:
         assert torch.allclose(grads_f[name], grads_r[name], rtol=1e-5, atol=1e-7), name
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("pred_bias", [True, False])
+@pytest.mark.parametrize("centre_target", [False, True])
+@pytest.mark.parametrize("target_grad", [False, True])
+@pytest.mark.parametrize("tau, chunk_elements", [(1.0, 1 << 23), (0.8, 3 * V)])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_bias_and_centred_target_options_match_autograd_for_every_parameter(tied, pred_bias, centre_target,
+                                                                            target_grad, tau, chunk_elements,
+                                                                            compiled):
+    # Models with an output bias, tied or not: the bias is in z, and in y^ only with pred_bias.
+    alpha = 0.6
+    fused = AugmentedLoss(target_grad=target_grad, chunk_elements=chunk_elements, compile=compiled,
+                          pred_bias=pred_bias, centre_target=centre_target)
+    loss_f, grads_f = _model_grads(lambda z, y, L, b: fused(z, y, L, alpha, tau, bias=b).total, tied,
+                                   output_bias=True)
+    loss_r, grads_r = _model_grads(
+        lambda z, y, L, b: reference_augmented(z, y, L, alpha, tau, target_grad, bias=None if pred_bias else b,
+                                               centre_target=centre_target), tied, output_bias=True)
+    assert torch.allclose(loss_f, loss_r, rtol=1e-5)
+    for name in grads_r:
+        assert torch.allclose(grads_f[name], grads_r[name], rtol=1e-5, atol=1e-7), name
+
+
+@pytest.mark.parametrize("pred_bias", [True, False])
+def test_bias_gradient_matches_closed_form(inputs, pred_bias):
+    # z = h + b: with b in y^, b gets the whole logit gradient summed over rows; taken out of y^, the
+    # augmented term's pull on z is undone for b, which is left with cross-entropy's sum(softmax(z) - onehot).
+    h, y, L = inputs
+    tau, alpha = 0.5, 0.7
+    b = torch.linspace(-2, 2, V, dtype=torch.float64).requires_grad_(True)
+    h = h.clone().requires_grad_(True)
+    out = AugmentedLoss(pred_bias=pred_bias)(h + b, y, L, alpha=alpha, tau=tau, bias=b)
+    grad_h, grad_b = torch.autograd.grad(out.total, (h, b))
+    z = (h + b).detach()
+    target = torch.softmax(L[y] @ L.t() / tau, dim=-1)
+    pred = torch.softmax((z if pred_bias else z - b.detach()) / tau, -1)
+    ce_part = torch.softmax(z, -1) - F.one_hot(y, V)
+    assert torch.allclose(grad_h * N, ce_part + alpha * (pred - target), atol=1e-6)
+    expected_b = ce_part.sum(0) + (alpha * (pred - target)).sum(0) if pred_bias else ce_part.sum(0)
+    assert torch.allclose(grad_b * N, expected_b, atol=1e-6)
+
+
+def test_pred_bias_false_takes_the_bias_out_of_the_prediction(inputs):
+    h, y, L = inputs
+    b = torch.linspace(-3, 3, V, dtype=torch.float64)
+    without = AugmentedLoss(pred_bias=False)(h + b, y, L, alpha=0.5, tau=2.0, bias=b)
+    assert torch.allclose(without.kl, AugmentedLoss()(h, y, L, alpha=0.5, tau=2.0).kl)  # KL sees h alone
+    assert torch.allclose(without.ce, AugmentedLoss()(h + b, y, L, alpha=0.5, tau=2.0).ce)  # CE sees h + b
+    assert not torch.allclose(without.kl, AugmentedLoss()(h + b, y, L, alpha=0.5, tau=2.0, bias=b).kl)
+
+
+def test_centred_target_ignores_a_direction_shared_by_every_word(inputs):
+    # y~ = softmax((L - m)(L[y*] - m) / tau): a vector added to every row of L leaves it unchanged,
+    # while the uncentred target moves.
+    z, y, L = inputs
+    shared = torch.randn(D, dtype=torch.float64, generator=torch.Generator().manual_seed(9)) * 5
+    centred = AugmentedLoss(centre_target=True)
+    assert torch.allclose(centred(z, y, L + shared, 0.5, 2.0).kl, centred(z, y, L, 0.5, 2.0).kl)
+    lc = L - L.mean(0)
+    target = torch.softmax(lc[y] @ lc.t() / 2.0, -1)
+    log_pred = torch.log_softmax(z / 2.0, -1)
+    assert torch.allclose(centred(z, y, L, 0.5, 2.0).kl.double(), (target * (target.log() - log_pred)).sum(-1).mean(),
+                          rtol=1e-5)
+    plain = AugmentedLoss()
+    assert not torch.allclose(plain(z, y, L + shared, 0.5, 2.0).kl, plain(z, y, L, 0.5, 2.0).kl)
 
 
 @pytest.mark.parametrize("target_grad, compiled", [(False, False), (True, False), (False, True)])
 def test_fused_matches_straightforward_under_bf16_autocast(target_grad, compiled):
     alpha, tau = 0.5, 1.3
     fused = AugmentedLoss(target_grad=target_grad, compile=compiled)
-    loss_f, grads_f = _model_grads(lambda z, y, L: fused(z, y, L, alpha, tau).total, True, autocast=True)
+    loss_f, grads_f = _model_grads(lambda z, y, L, b: fused(z, y, L, alpha, tau).total, True, autocast=True)
     # The reference, under autocast, would run its similarity matmul in bf16; the fused loss keeps
     # float32 by itself, so it is compared with the reference computed outside autocast.
-    loss_r, grads_r = _model_grads(lambda z, y, L: reference_augmented(z, y, L, alpha, tau, target_grad), True,
+    loss_r, grads_r = _model_grads(lambda z, y, L, b: reference_augmented(z, y, L, alpha, tau, target_grad), True,
                                    autocast=True, loss_in_autocast=False)
     assert loss_f.dtype == torch.float32
     assert torch.allclose(loss_f, loss_r, rtol=1e-5)
@@ -156,10 +230,10 @@ def test_fused_gradient_scales_with_the_upstream_gradient(target_grad, compiled)
     # Training multiplies the loss by the window length (optim.sum_over_time): backward gets 35, not 1.
     alpha, tau, upstream = 0.6, 2.0, 35.0
     fused = AugmentedLoss(target_grad=target_grad, compile=compiled)
-    _, grads_f = _model_grads(lambda z, y, L: fused(z, y, L, alpha, tau).total, True, upstream=upstream)
-    _, grads_r = _model_grads(lambda z, y, L: reference_augmented(z, y, L, alpha, tau, target_grad), True,
+    _, grads_f = _model_grads(lambda z, y, L, b: fused(z, y, L, alpha, tau).total, True, upstream=upstream)
+    _, grads_r = _model_grads(lambda z, y, L, b: reference_augmented(z, y, L, alpha, tau, target_grad), True,
                               upstream=upstream)
-    _, grads_1 = _model_grads(lambda z, y, L: reference_augmented(z, y, L, alpha, tau, target_grad), True)
+    _, grads_1 = _model_grads(lambda z, y, L, b: reference_augmented(z, y, L, alpha, tau, target_grad), True)
     for name in grads_r:
         assert torch.allclose(grads_f[name], grads_r[name], rtol=1e-5, atol=1e-6), name
         assert not torch.allclose(grads_f[name], grads_1[name], rtol=1e-3), name  # the scale is not lost
@@ -191,12 +265,12 @@ def test_compile_auto_compiles_from_the_vocabulary_threshold_and_each_loss_falls
         torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-6)
         if v == small_v:
             assert calls == []  # below the threshold: eager, nothing compiled
-    assert calls == ["_target_logits", "_token_terms"] and first.kernels.target_logits.failed
+    assert calls == ["_target_logits", "_chunk_terms"] and first.kernels.target_logits.failed
     assert "torch.compile of _target_logits failed" in caplog.text
     # Another loss in the same process still compiles: the fallback belonged to the first one.
     second = AugmentedLoss(compile=True)
     torch.testing.assert_close(second(z, y, L, alpha=0.5, tau=2.0), eager, rtol=1e-5, atol=1e-6)
-    assert not second.kernels.token_terms.failed and calls[2:] == ["_target_logits", "_token_terms"]
+    assert not second.kernels.chunk_terms.failed and calls[2:] == ["_target_logits", "_chunk_terms"]
 
 
 def test_fused_loss_leaves_its_inputs_alone(inputs):
@@ -211,7 +285,7 @@ def test_compiled_kernel_is_really_compiled_and_not_recompiled_per_alpha():
     z, y, L = torch.randn(N, V, generator=g), torch.randint(0, V, (N,), generator=g), torch.randn(V, D, generator=g)
     loss = AugmentedLoss(compile=True)
     loss(z, y, L, alpha=0.1, tau=1.0)
-    assert loss.kernels.token_terms.compiled is not None and not loss.kernels.token_terms.failed
+    assert loss.kernels.chunk_terms.compiled is not None and not loss.kernels.chunk_terms.failed
     frames_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert frames_before > 0
     for alpha in (0.2, 0.3, 0.4):  # an alpha schedule changes alpha every step

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY, compose_cfg
+from conftest import NO_DROPOUT, TINY, compose_cfg
 from lm.build import build_datamodule, build_task, build_trainer
 from lm.errors import ConfigError
 from lm.metrics import Perplexity
@@ -294,3 +294,20 @@ def test_one_training_step_forces_only_the_allowed_host_syncs(corpus, tmp_path):
     trainer.callbacks.append(spy)
     trainer.fit(task, datamodule=dm)
     assert dict(spy.mode.ops) == {"_unique2": 1, "_local_scalar_dense": 1}
+
+
+@pytest.mark.parametrize("pred_bias", [True, False])
+def test_training_step_takes_the_output_bias_out_of_the_prediction_when_told(corpus, tmp_path, pred_bias):
+    # A tied model with a bias: with loss.pred_bias=false the bias's gradient is cross-entropy's alone.
+    _, dm, task, trainer = build(corpus, tmp_path, "model=tied", "model.output_bias=true", "loss=augmented",
+                                 f"loss.pred_bias={str(pred_bias).lower()}", "loss.tau=2", "optim.sum_over_time=false",
+                                 *NO_DROPOUT)
+    torch.nn.init.uniform_(task.model.decoder.bias, -1.0, 1.0)
+    task.trainer = trainer
+    x, y = next(iter(dm.train_dataloader()))
+    task.training_step((x, y), 0).backward()
+    logits, _ = task.model(x, task.model.init_hidden(x.size(1)))
+    z = logits.detach().view(-1, logits.size(-1))
+    ce_part = (torch.softmax(z, -1) - torch.nn.functional.one_hot(y.reshape(-1), z.size(1))).sum(0) / z.size(0)
+    matches_ce = torch.allclose(task.model.decoder.bias.grad, ce_part, atol=1e-6)
+    assert matches_ce == (not pred_bias)

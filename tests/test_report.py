@@ -171,21 +171,12 @@ def test_settings_are_how_a_run_differs_from_its_preset_as_composed_today(tmp_pa
         cfg.model.dropout_emb = 0.45
         del cfg.model["dropout_recurrent"]
 
-    def old_schedule(factor):  # the learning-rate schedule in the keys it had before it was a config group
-        def edit(cfg):
-            del cfg["lr_schedule"], cfg.optim["lr_decay"]
-            cfg.optim.lr_schedule = {"kind": "decay", "decay_factor": factor, "after_epoch": 5, "plateau_factor": 0.25,
-                                     "plateau_hold": 0}
-        return edit
-
     # An override equal to today's preset and one that only says where the data is: neither sets it apart.
     _run_with_config(tmp_path / "old", ["experiment=small_re", f"model.dropout_words={words}",
                                         "data.data_dir=/Data/PTB", "resume=true"], since_then)
     _run_with_config(tmp_path / "seed", ["experiment=small_re", "seed=7"])
     _run_with_config(tmp_path / "held", ["experiment=small_re", "lr_schedule=plateau", "lr_schedule.hold_epochs=20"])
     _run_with_config(tmp_path / "same_schedule", ["experiment=small_re", "lr_schedule=decay"])
-    _run_with_config(tmp_path / "old_keys", ["experiment=small_re"], old_schedule(0.9))
-    _run_with_config(tmp_path / "old_keys_slower", ["experiment=small_re"], old_schedule(0.8))
     _run_with_config(tmp_path / "renamed", ["experiment=small_re", "model.dropout_out=0.4"])
     (tmp_path / "renamed" / ".hydra" / "overrides.yaml").write_text(
         OmegaConf.to_yaml(["experiment=no_such_preset", "model.dropout_out=0.4"]))
@@ -194,8 +185,6 @@ def test_settings_are_how_a_run_differs_from_its_preset_as_composed_today(tmp_pa
     assert _settings(runs["seed"]) == ("seed=7",)
     assert _settings(runs["held"]) == ("lr_schedule.hold_epochs=20", "lr_schedule=plateau")
     assert _settings(runs["same_schedule"]) == ()  # the preset's own choice
-    assert _settings(runs["old_keys"]) == ()
-    assert _settings(runs["old_keys_slower"]) == ("optim.lr_decay.factor=0.8",)
     # A preset that no longer composes: the command-line overrides, as before.
     assert _settings(runs["renamed"]) == ("model.dropout_out=0.4",)
 
