@@ -13,7 +13,7 @@ Dropout, all off by default (``conf/size/*.yaml`` sets the paper's ``dropout_sta
 - ``dropout_state``: the paper's form (its Appendix A). One mask per sequence and unit on each layer's
   output h_t, applied both where h_t is carried to the layer's next step and where it feeds the next
   layer or the classifier. nn.LSTM cannot mask its own recurrent state, so training with it runs
-  ``masked_lstm``, a loop over time with the four gates fused in one matmul; evaluation (no mask)
+  ``lm.lstm.masked_lstm``, a loop over time with its backward written out; evaluation (no mask)
   keeps nn.LSTM. The parameters are nn.LSTM's either way, so checkpoints move between the two forms.
 """
 
@@ -25,6 +25,7 @@ from torch import nn
 from torch.func import functional_call
 
 from lm.errors import ConfigError
+from lm.lstm import masked_lstm
 
 Hidden = list[tuple[torch.Tensor, torch.Tensor]]  # one (h, c) per layer, each (1, B, hidden_size)
 
@@ -43,30 +44,6 @@ class LockedDropout(nn.Module):
             return x
         mask = x.new_empty(1, x.size(1), x.size(2)).bernoulli_(1.0 - self.p) / (1.0 - self.p)
         return x * mask
-
-
-def masked_lstm(
-    x: torch.Tensor,
-    h: torch.Tensor,
-    c: torch.Tensor,
-    mask: torch.Tensor,
-    w_ih: torch.Tensor,
-    w_hh: torch.Tensor,
-    bias: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """An LSTM layer whose output h_t is multiplied by ``mask`` (B, H) where it feeds the next step and
-    where it leaves the layer. x (T, B, d); h, c (B, H) carried in unmasked; returns the masked outputs
-    (T, B, H) and the unmasked final (h, c), which the next window masks with its own draw.
-    Gate order and parameters are nn.LSTM's (i, f, g, o); with a mask of ones it is nn.LSTM."""
-    x_gates = torch.addmm(bias, x.reshape(-1, x.size(-1)), w_ih.t()).view(x.size(0), x.size(1), -1)
-    outputs = []
-    for t in range(x.size(0)):  # the only sequential part: one (B, H) x (H, 4H) matmul per step
-        gates = torch.addmm(x_gates[t], h * mask, w_hh.t())
-        i, f, g, o = gates.chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        outputs.append(h)
-    return torch.stack(outputs) * mask, h, c
 
 
 class LSTMLanguageModel(nn.Module):

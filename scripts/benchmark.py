@@ -46,17 +46,20 @@ SIZES = sorted(p.stem for p in (CONF / "size").glob("*.yaml"))
 PTB = REPO.parent / "shared" / "data" / "ptb"
 
 
-def windows(args) -> tuple[BPTTWindows, Vocabulary, str]:
+def windows(args) -> tuple[BPTTWindows, Vocabulary, str, int | None]:
+    """The training windows, the vocabulary, where they came from, and the validation split's token count
+    (None for synthetic tokens)."""
     data_dir = Path(args.data_dir or os.environ.get("PTB_DIR", PTB))
     if args.vocab is None and (data_dir / "ptb.train.txt").is_file():
         dm = CorpusDataModule(str(data_dir), batch_size=args.batch, bptt=args.bptt)
         dm.setup()
-        return dm.windows("train"), dm.vocab, f"PTB train split from {data_dir}"
+        valid_tokens = dm.windows("valid").streams[1:].numel()
+        return dm.windows("train"), dm.vocab, f"PTB train split from {data_dir}", valid_tokens
     vocab = args.vocab or 10000
     ids = torch.randint(0, vocab, ((args.warmup + args.steps + 2) * args.batch * args.bptt,),
                         generator=torch.Generator().manual_seed(0))
     words = Vocabulary([f"w{i}" for i in range(vocab)])
-    return BPTTWindows(batchify(ids, args.batch), args.bptt), words, f"synthetic tokens, vocabulary {vocab}"
+    return BPTTWindows(batchify(ids, args.batch), args.bptt), words, f"synthetic tokens, vocabulary {vocab}", None
 
 
 def project_config(args, output_dir: str, *extra: str) -> DictConfig:
@@ -286,7 +289,7 @@ def main() -> None:
         allocator = "freed memory kept (lm/allocator.py)"
     pl.seed_everything(0, verbose=False)
     device = torch.device(args.device)
-    data, vocab, source = windows(args)
+    data, vocab, source, valid_tokens = windows(args)
     if len(data) < args.warmup + args.steps:
         raise ConfigError(f"the training split has only {len(data)} windows of batch {args.batch} x BPTT {args.bptt}: "
                           f"lower --steps or --warmup to {len(data)} together at most")
@@ -297,7 +300,7 @@ def main() -> None:
     cfg = {"ce": project_config(args, f"{output_dir}/ce", "loss=ce", "lr_schedule=none"),
            "al": project_config(args, f"{output_dir}/al", "loss=augmented", f"loss.alpha={args.alpha}",
                                 f"loss.tau={args.tau}", "lr_schedule=none")}
-    # The paper's state dropout trains through a loop over time (lm.model.masked_lstm); beside it, the
+    # The paper's state dropout trains through a loop over time (lm.lstm.masked_lstm); beside it, the
     # same model without it runs nn.LSTM's fused kernel: what the loop costs.
     state_dropout = cfg["ce"].model.dropout_state > 0
     if state_dropout:
@@ -332,14 +335,20 @@ def main() -> None:
         "eval_tokens_per_s": rate["eval"],
         # nn.LSTM in place of the state-dropout loop (model.dropout_state=0); absent when the loop is not used
         "lightning_ce_nn_lstm_tokens_per_s": rate.get("lightning_ce_nn_lstm"),
+        "state_dropout_over_nn_lstm": rate["lightning_ce"] / rate["lightning_ce_nn_lstm"] if state_dropout else None,
         "al_over_ce": rate["lightning_al"] / rate["lightning_ce"],
         "lightning_over_plain": rate["lightning_ce"] / rate["plain_ce"],
         "peak_mb_plain": peak.get("plain_ce"),
         "peak_mb_ce": peak.get("lightning_ce"),
         "peak_mb_al": peak.get("lightning_al"),
     }
+    if valid_tokens is not None:  # a run of the preset's epochs with the augmented loss: training plus one validation each
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            epochs = compose(config_name="train", overrides=[f"size={args.size}", *args.overrides]).trainer.max_epochs
+        epoch_s = data.streams[1:].numel() / rate["lightning_al"] + valid_tokens / rate["eval"]
+        out["projected_al_run_hours"] = epochs * epoch_s / 3600
     if not state_dropout:
-        del out["lightning_ce_nn_lstm_tokens_per_s"]
+        del out["lightning_ce_nn_lstm_tokens_per_s"], out["state_dropout_over_nn_lstm"]
     print(f"{' '.join([args.size, *args.overrides])}, {'tied' if args.tied else 'untied'}, batch {args.batch} x "
           f"BPTT {args.bptt}, {source}, {args.device}, {torch.get_num_threads()} threads, {allocator}, "
           f"median of {args.steps} steps after {args.warmup} warm-up steps, variants taking turns step by step")

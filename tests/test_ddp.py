@@ -40,7 +40,7 @@ def test_one_step_on_two_processes_equals_one_process_with_all_streams(corpus, t
                 "loss=augmented", "model=untied"]
     single = _train(corpus, tmp_path / "single", *one_step)
     # A state-dropout rate too small to drop anything: the DDP side trains through the masked loop
-    # (model.masked_lstm), which must reduce its gradients like nn.LSTM's.
+    # (lm.lstm.masked_lstm), which must reduce its gradients like nn.LSTM's.
     ddp = _train(corpus, tmp_path / "ddp", *one_step, *DDP, "model.dropout_state=1e-9")
     a, b = _weights(single), _weights(ddp)
     assert a.keys() == b.keys()

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from lm.errors import ConfigError, DataError
-from lm.model import LockedDropout, LSTMLanguageModel, detach_hidden, masked_lstm
+from lm.lstm import masked_lstm
+from lm.model import LockedDropout, LSTMLanguageModel, detach_hidden
 
 
 def small(**kw):
@@ -316,6 +317,19 @@ def test_state_dropout_outputs_and_gradients_match_a_step_by_step_reference():
                                  upstream)
     for name, a, b in zip(("x", "h0", "c0", "w_ih", "w_hh", "bias"), ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_state_dropout_backward_passes_gradcheck():
+    # Finite differences in float64 for every input, the final (h, c) included.
+    g = torch.Generator().manual_seed(8)
+    steps, batch, d, n = 5, 3, 4, 6
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    mask = (torch.rand(batch, n, generator=g, dtype=torch.float64) > 0.3).double() / 0.7
+    args = (rand(steps, batch, d), rand(batch, n), rand(batch, n), mask, rand(4 * n, d), rand(4 * n, n), rand(4 * n))
+    assert torch.autograd.gradcheck(masked_lstm, args)
 
 
 def test_state_dropout_keeps_one_mask_for_every_step_of_a_window_and_none_in_eval():

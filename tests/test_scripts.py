@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import NO_DROPOUT, TINY, run_script
+from conftest import NO_DROPOUT, TINY, run_script, write_corpus
 from lm.analysis import load_model, predict_next
 
 
@@ -75,17 +75,22 @@ def test_evaluate_without_checkpoint_says_what_to_pass(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_benchmark_prints_its_json_record():
-    # 50 steps: Lightning writes its logs once (log_every_n_steps), as in a real run
-    result = run_script("benchmark.py", "--vocab", "50", "--steps", "50", "--warmup", "1", "--json")
+def test_benchmark_prints_its_json_record(tmp_path):
+    # 50 steps: Lightning writes its logs once (log_every_n_steps), as in a real run. A corpus named as PTB's
+    # files are: the record projects a whole run from the split sizes.
+    corpus = write_corpus(tmp_path / "ptb", lines=(1500, 100, 100), prefix="ptb.")
+    result = run_script("benchmark.py", "--data-dir", str(corpus), "--steps", "50", "--warmup", "1", "--batch", "4",
+                        "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("plain_ce_tokens_per_s", "lightning_ce_tokens_per_s", "lightning_al_tokens_per_s",
-                "eval_tokens_per_s", "al_over_ce", "lightning_over_plain",
+                "eval_tokens_per_s", "al_over_ce", "lightning_over_plain", "projected_al_run_hours",
                 "lightning_ce_nn_lstm_tokens_per_s"):  # size=small trains the state-dropout loop
         assert record[key] > 0, key
     assert record["al_over_ce"] == pytest.approx(
         record["lightning_al_tokens_per_s"] / record["lightning_ce_tokens_per_s"])
+    assert record["state_dropout_over_nn_lstm"] == pytest.approx(
+        record["lightning_ce_tokens_per_s"] / record["lightning_ce_nn_lstm_tokens_per_s"])
     assert {"peak_mb_plain", "peak_mb_ce", "peak_mb_al"} <= set(record)
 
 
