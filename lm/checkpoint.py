@@ -97,3 +97,30 @@ def check_compatible(checkpoint: dict[str, Any], path, model: nn.Module, vocab: 
                 f"checkpoint {path} holds another model size: {name} is {tuple(saved[name].shape)} there and "
                 f"{tuple(tensor.shape)} here. Pass the size=... / model.* overrides of the run that wrote it."
             )
+
+
+# What a config-group choice on the command line says about the model: model=tied|untied its variant,
+# size=... and experiment=... its size too. A checkpoint that differs there contradicts the choice.
+_CHOICE_DECIDES = {"model": ("tie_weights",), "size": ("emb_size", "hidden_size"),
+                   "experiment": ("tie_weights", "emb_size", "hidden_size")}
+
+
+def adopt_model_config(cfg, checkpoint: dict[str, Any], path, overrides: list[str]) -> None:
+    """Set ``cfg.model`` to the settings the checkpoint was trained with (it keeps them as ``model_config``),
+    so that a tool needs no model overrides. An override that says otherwise, ``model.X=...`` or a
+    ``model=``, ``size=`` or ``experiment=`` choice of another variant or size, is refused, naming the difference."""
+    saved = checkpoint.get("model_config")
+    if saved is None:
+        return
+    given = {o.partition("=")[0].lstrip("+~") for o in overrides}
+    for key, value in saved.items():
+        if key not in cfg.model or cfg.model[key] == value:
+            continue
+        said = [f"model.{key}"] if f"model.{key}" in given else [g for g in sorted(given)
+                                                                 if key in _CHOICE_DECIDES.get(g, ())]
+        if said:
+            raise ConfigError(
+                f"{said[0]} contradicts checkpoint {path}: model.{key} is {value!r} there and {cfg.model[key]!r} "
+                f"here. Leave the model settings out: the checkpoint says what it is."
+            )
+        cfg.model[key] = value

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Inan et al. (2017), PTB, valid / test perplexity (../shared/docs/METHOD.md).
+# Inan et al. (2017), PTB, valid / test perplexity as the paper reports them.
 PAPER_PTB = {
     ("small", "VD"): (92.6, 87.3), ("small", "AL"): (86.3, 82.9),
     ("small", "RE"): (89.9, 85.1), ("small", "REAL"): (86.3, 82.7),

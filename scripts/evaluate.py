@@ -1,6 +1,9 @@
 """Validation and test perplexity of a checkpoint, as JSON on the last line of output.
 
-    python scripts/evaluate.py ckpt_path=logs/runs/.../checkpoints/best.ckpt [the run's overrides]
+    python scripts/evaluate.py ckpt_path=logs/runs/.../checkpoints/best.ckpt [data.* / trainer.* overrides]
+
+The model is rebuilt as the checkpoint says it was trained (tied or not, its sizes and dropout); the data
+and trainer settings come from the command line.
 """
 
 from __future__ import annotations
@@ -8,11 +11,12 @@ from __future__ import annotations
 import json
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from lm.allocator import keep_freed_memory
 from lm.build import build_datamodule, build_task, build_trainer, close_distributed
-from lm.checkpoint import check_compatible, load_checkpoint
+from lm.checkpoint import adopt_model_config, check_compatible, load_checkpoint
 from lm.cli import report_user_errors
 from lm.errors import ConfigError
 
@@ -23,9 +27,11 @@ def main(cfg: DictConfig) -> None:
     if not cfg.ckpt_path:
         raise ConfigError("evaluate.py needs ckpt_path=PATH (a .ckpt file written by train.py).")
     keep_freed_memory()
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    adopt_model_config(cfg, checkpoint, cfg.ckpt_path, list(HydraConfig.get().overrides.task))
     datamodule = build_datamodule(cfg)
     task = build_task(cfg, datamodule.vocab, from_checkpoint=True)
-    check_compatible(load_checkpoint(cfg.ckpt_path), cfg.ckpt_path, task.model, datamodule.vocab.itos)
+    check_compatible(checkpoint, cfg.ckpt_path, task.model, datamodule.vocab.itos)
     trainer = build_trainer(cfg, with_callbacks=False, with_logger=False)
     val = trainer.validate(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
     test = trainer.test(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)

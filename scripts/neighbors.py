@@ -6,7 +6,7 @@ With --spread TEXT instead of a word: where y~ puts its mass at several temperat
 words of a text (on the word itself, on its k nearest other words, entropy), to choose loss.tau; and
 how much of y~ the first principal axis of L decides, whatever the temperature:
 
-    python scripts/neighbors.py --spread ../shared/data/ptb/ptb.valid.txt --ckpt ... --taus 1,2,5,10
+    python scripts/neighbors.py --spread data/ptb/ptb.valid.txt --ckpt ... --taus 1,2,5,10
 """
 
 from __future__ import annotations

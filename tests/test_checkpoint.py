@@ -4,7 +4,9 @@ tests/test_bad_input.py runs the same cases through every script)."""
 import pytest
 import torch
 
-from lm.checkpoint import check_compatible, load_checkpoint
+from conftest import compose_cfg
+from lm.build import model_config
+from lm.checkpoint import adopt_model_config, check_compatible, load_checkpoint
 from lm.errors import ConfigError, DataError
 from lm.model import LSTMLanguageModel
 
@@ -60,3 +62,19 @@ def test_a_checkpoint_of_another_size_or_variant_is_refused():
                                                                          tie_weights=True, output_bias=False), None)
     with pytest.raises(DataError, match="another vocabulary"):
         check_compatible(_checkpoint(small), "x.ckpt", small, ["a", "c"])
+
+
+def test_a_tool_adopts_the_checkpoints_model_and_refuses_an_override_that_contradicts_it(tmp_path):
+    trained = compose_cfg(["model=untied", "model.emb_size=32", "model.hidden_size=32"], tmp_path)
+    checkpoint = {"state_dict": {}, "model_config": model_config(trained)}
+    cfg = compose_cfg([], tmp_path)  # the default, tied at 200 units
+    adopt_model_config(cfg, checkpoint, "x.ckpt", [])
+    assert model_config(cfg) == checkpoint["model_config"]
+    agreeing = compose_cfg(["model=untied"], tmp_path)
+    adopt_model_config(agreeing, checkpoint, "x.ckpt", ["model=untied", "data.bptt=20"])
+    assert agreeing.model.hidden_size == 32
+    for overrides, named in ((["model=tied"], "model contradicts"),
+                             (["model.emb_size=64"], "model.emb_size contradicts"),
+                             (["size=medium"], "size contradicts")):
+        with pytest.raises(ConfigError, match=named + " checkpoint x.ckpt"):
+            adopt_model_config(compose_cfg(overrides, tmp_path), checkpoint, "x.ckpt", overrides)
