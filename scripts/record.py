@@ -5,7 +5,8 @@
 Writes metrics.json (when the run has finished), csv/metrics.csv, .hydra/config.yaml and
 .hydra/overrides.yaml as the run wrote them, .hydra/hydra.yaml cut to the config-group choices
 (report.py reads the variant from them; the rest names the machine's folders), and command.txt:
-the command that trains the run again, with its folder as <run>. Never checkpoints. An unfinished
+the command that trains the run again, with its folder as <run> (after --env; --ran adds a line on how it
+ran: commit, threads, alone or beside another run). Never checkpoints. An unfinished
 run is recorded as far as it got; report.py shows it as unfinished.
 """
 
@@ -25,6 +26,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a run folder written by train.py")
     parser.add_argument("dest", type=Path, help="where the record goes, e.g. results/paper_small/real_stage1")
+    parser.add_argument("--env", default="", help='what preceded the command, e.g. "PTB_DIR=<ptb folder> OMP_NUM_THREADS=1"')
+    parser.add_argument("--ran", default="", help='how it ran, a second line of command.txt, e.g. "commit 2454ae2, '
+                        'alone with 2 threads"')
     args = parser.parse_args()
     hydra_yaml = args.run / ".hydra" / "hydra.yaml"
     if not hydra_yaml.is_file() or not (args.run / "csv" / "metrics.csv").is_file():
@@ -50,7 +54,8 @@ def main() -> None:
     OmegaConf.save(choices, args.dest / ".hydra" / "hydra.yaml")
     hydra_overrides = [o for o in hydra.overrides.hydra if not o.startswith(("hydra.run.dir=", "hydra.mode="))]
     command = ["python scripts/train.py", *hydra.overrides.task, *hydra_overrides, "hydra.run.dir=<run>"]
-    (args.dest / "command.txt").write_text(portable(" ".join(command)) + "\n")
+    ran = f"# ran: {args.ran}\n" if args.ran else ""
+    (args.dest / "command.txt").write_text(portable(" ".join([args.env, *command] if args.env else command)) + "\n" + ran)
     print(f"recorded {args.run} in {args.dest}")
 
 

@@ -259,6 +259,11 @@ def test_sync_rewrites_a_stale_block_and_record_keeps_no_machine_path(tmp_path, 
     for path in record.rglob("*"):
         assert not path.is_file() or str(tmp_path) not in path.read_text(), path
     assert (record / "command.txt").read_text() == "python scripts/train.py experiment=small_vd hydra.run.dir=<run>\n"
+    told = run_script("record.py", str(runs / "vd"), str(tmp_path / "told"), "--env", "OMP_NUM_THREADS=1",
+                      "--ran", "commit abc1234, alone")
+    assert told.returncode == 0, told.stderr[-3000:]
+    assert (tmp_path / "told" / "command.txt").read_text() == (
+        "OMP_NUM_THREADS=1 python scripts/train.py experiment=small_vd hydra.run.dir=<run>\n# ran: commit abc1234, alone\n")
 
     doc = tmp_path / "doc.md"
     doc.write_text("# Results\n\n<!-- report: results/set -->\nan old table\n<!-- /report -->\nafter\n")
