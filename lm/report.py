@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import sys
 from collections import defaultdict
@@ -287,7 +288,8 @@ def plot_val_curves(runs: list[Run], out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, points in curves.items():
         ax.plot([e for e, _ in points], [p for _, p in points], marker="o", markersize=3, label=label)
-    ax.set(xlabel="epoch", ylabel="validation perplexity", yscale="log", title="Validation perplexity per epoch")
+    ax.set(xlabel="epoch", ylabel="validation perplexity", title="Validation perplexity per epoch")
+    ax.grid(alpha=0.3)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend()
     fig.tight_layout()
@@ -434,3 +436,33 @@ def render_report_blocks(text: str) -> str:
     """``text`` with every report block's table regenerated from the records it names (paths relative
     to the working directory, as written in the block)."""
     return REPORT_BLOCK.sub(lambda m: m.group(1) + report_tables(find_runs(m.group("paths").split())) + m.group(4), text)
+
+
+# A figure in a document, drawn from the records it names, with its data in a CSV beside the PNG:
+#   <!-- figure: docs/figures/NAME.png results/... results/... -->  ![...](...)  <!-- /figure -->
+FIGURE_BLOCK = re.compile(r"(?P<open><!-- figure: (?P<png>\S+) (?P<paths>[^>]*?) -->\n)(?P<body>.*?)(?P<close><!-- /figure -->)",
+                          re.S)
+
+
+def val_curves_csv(runs: list[Run]) -> str:
+    """What a validation-curve figure draws: one line per (series, epoch, val/ppl)."""
+    lines = ["series,epoch,val_ppl"]
+    lines += [f"{label},{epoch},{ppl:.4f}" for label, points in val_series(runs).items() for epoch, ppl in points]
+    return "\n".join(lines) + "\n"
+
+
+def render_figure_blocks(text: str, doc: Path, draw: bool = True) -> str:
+    """``text`` with every figure block's image link regenerated; with ``draw``, also the PNG (matplotlib)
+    and its CSV, from the records the block names (paths relative to the working directory)."""
+    def figure(m: re.Match) -> str:
+        png = Path(m.group("png"))
+        runs = find_runs(m.group("paths").split())
+        if draw:
+            png.parent.mkdir(parents=True, exist_ok=True)
+            png.with_suffix(".csv").write_text(val_curves_csv(runs))
+            plot_val_curves(runs, png)
+        link = os.path.relpath(png, doc.resolve().parent if doc.is_absolute() else doc.parent)
+        image = f"![Validation perplexity per epoch; data: {png.with_suffix('.csv').name}]({link})\n"
+        return m.group("open") + image + m.group("close")
+
+    return FIGURE_BLOCK.sub(figure, text)

@@ -12,7 +12,9 @@ against every searched value.
 
 --sync rewrites, in the given documents, every table between `<!-- report: PATHS -->` and
 `<!-- /report -->` from the records under PATHS (results/...), so a committed table is always what
-those records give; a test checks it.
+those records give; a test checks it. Between `<!-- figure: PNG PATHS -->` and `<!-- /figure -->` it
+draws the validation curves of those records into PNG (matplotlib), writes their data beside it as
+CSV, and links the image; a test checks the CSV against the records.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from pathlib import Path
 
 from lm.cli import report_user_errors
 from lm.errors import DataError
-from lm.report import (alpha_sweep_text, find_runs, plot_alpha_sweep, plot_val_curves, render_report_blocks,
-                       report_tables, val_curves_text)
+from lm.report import (alpha_sweep_text, find_runs, plot_alpha_sweep, plot_val_curves, render_figure_blocks,
+                       render_report_blocks, report_tables, val_curves_text)
 from lm.study import find_studies, plot_study, study_table, study_text
 
 
@@ -38,7 +40,7 @@ def main() -> None:
     if args.sync:
         for doc in args.sync:
             text = doc.read_text()
-            updated = render_report_blocks(text)
+            updated = render_figure_blocks(render_report_blocks(text), doc)
             doc.write_text(updated)
             print(f"{doc}: {'updated' if updated != text else 'already up to date'}")
         return

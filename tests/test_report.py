@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -237,6 +238,39 @@ def test_committed_tables_are_what_report_py_makes_of_the_committed_records(monk
         blocks += len(REPORT_BLOCK.findall(text))
         assert render_report_blocks(text) == text, f"{doc.name}: run python scripts/report.py --sync {doc.relative_to(REPO)}"
     assert blocks >= 2  # the README's results block and the results document's
+
+
+def test_committed_figures_draw_the_committed_records(monkeypatch):
+    from conftest import REPO
+    from lm.report import FIGURE_BLOCK, find_runs, render_figure_blocks, val_curves_csv
+
+    monkeypatch.chdir(REPO)
+    figures = 0
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        for m in FIGURE_BLOCK.finditer(text):
+            figures += 1
+            png = REPO / m.group("png")
+            assert png.is_file(), f"{png} is missing: run python scripts/report.py --sync {doc.relative_to(REPO)}"
+            assert png.with_suffix(".csv").read_text() == val_curves_csv(find_runs(m.group("paths").split())), png
+        assert render_figure_blocks(text, doc.relative_to(REPO), draw=False) == text, doc.name
+    assert figures >= 2  # the README's figure and the results document's
+
+
+def test_a_figure_block_draws_its_records_and_links_the_image_from_the_document(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from lm.report import render_figure_blocks
+
+    _fake_run(tmp_path / "results" / "vd", "untied", "ce", 100.0, curve=(150.0, 120.0, 110.0))
+    monkeypatch.chdir(tmp_path)
+    doc = Path("docs/results.md")
+    text = "<!-- figure: docs/figures/v.png results/vd -->\nold\n<!-- /figure -->\n"
+    out = render_figure_blocks(text, doc)
+    assert "](figures/v.png)" in out and "old" not in out
+    assert (tmp_path / "docs" / "figures" / "v.png").stat().st_size > 0
+    assert (tmp_path / "docs" / "figures" / "v.csv").read_text().splitlines()[1:] == [
+        "small VD (vd),1,150.0000", "small VD (vd),2,120.0000", "small VD (vd),3,110.0000"]
+    assert "](docs/figures/v.png)" in render_figure_blocks(text, Path("README.md"), draw=False)
 
 
 def test_sync_rewrites_a_stale_block_and_record_keeps_no_machine_path(tmp_path, monkeypatch):
