@@ -202,7 +202,8 @@ def _val_curve(path: Path) -> list[tuple[int, float]]:
     return sorted(by_epoch.items())
 
 
-def _fmt(x, digits=1) -> str:
+def format_number(x, digits=1) -> str:
+    """x with thousands separators and `digits` decimals; "-" for a missing value."""
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{digits}f}"
 
 
@@ -226,8 +227,8 @@ def markdown_table(runs: list[Run]) -> str:
         settings = " ".join(f"`{o}`" for o in _settings(r)) or "-"
         lines.append(
             f"| {r.variant} | {r.size} | {r.stage} | {'-' if r.alpha is None else r.alpha} | "
-            f"{_fmt(m.get('params'), 0)} | {epochs} | {_fmt(m.get('val/ppl'))} | {_fmt(m.get('test/ppl'))} | "
-            f"{_fmt(paper)} | {'-' if diff is None else f'{diff:+.1f}'} | {_fmt(None if wall is None else wall / 3600, 2)} | "
+            f"{format_number(m.get('params'), 0)} | {epochs} | {format_number(m.get('val/ppl'))} | {format_number(m.get('test/ppl'))} | "
+            f"{format_number(paper)} | {'-' if diff is None else f'{diff:+.1f}'} | {format_number(None if wall is None else wall / 3600, 2)} | "
             f"{settings} | `{r.path}` |"
         )
     return "\n".join(lines) + "\n"
@@ -258,7 +259,7 @@ def repeats_table(runs: list[Run]) -> str:
         cells = []
         for key in ("val/ppl", "test/ppl"):
             values = [r.metrics[key] for r in group]
-            cells.append(f"{_fmt(sum(values) / len(values), 2)} ({_fmt(min(values), 2)} to {_fmt(max(values), 2)})")
+            cells.append(f"{format_number(sum(values) / len(values), 2)} ({format_number(min(values), 2)} to {format_number(max(values), 2)})")
         settings = " ".join(f"`{o}`" for o in _settings(first, ("seed",))) or "-"
         alpha = "-" if first.alpha is None else first.alpha
         lines.append(f"| {first.variant} | {first.size} | {first.stage} | {alpha} | {settings} | {len(group)} | "
@@ -266,7 +267,8 @@ def repeats_table(runs: list[Run]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
     import matplotlib  # the [report] extra; imported here so that the table needs no matplotlib
 
     matplotlib.use("Agg")
@@ -284,7 +286,7 @@ def plot_val_curves(runs: list[Run], out: Path) -> Path | None:
     curves = val_series(runs)
     if not curves:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, points in curves.items():
         ax.plot([e for e, _ in points], [p for _, p in points], marker="o", markersize=3, label=label)
@@ -296,50 +298,6 @@ def plot_val_curves(runs: list[Run], out: Path) -> Path | None:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
-
-
-MARKERS = "ox+*#@%&"  # "=" marks a cell shared by several series
-
-
-def text_chart(series: dict[str, list[tuple[float, float]]], *, x_label: str, y_label: str, width: int = 60,
-               height: int = 16, y_top: float | None = None) -> str:
-    """A character plot of (x, y) points, one marker per series, for places that show only text (the
-    README, a terminal); the PNGs carry the same data. Points above y_top are left out, so that the rows
-    go to the range where the series differ (the end of training) rather than the first epochs."""
-    if len(series) > len(MARKERS):
-        return f"({len(series)} series: too many for a text chart, which has {len(MARKERS)} markers; see the PNG)\n"
-    series = {name: [(x, y) for x, y in pts if y_top is None or y <= y_top] for name, pts in series.items()}
-    points = [point for pts in series.values() for point in pts]
-    if not points:
-        return ""
-    x_lo, x_hi = min(x for x, _ in points), max(x for x, _ in points)
-    y_lo, y_hi = min(y for _, y in points), max(y for _, y in points)
-    grid = [[" "] * width for _ in range(height)]
-    for marker, pts in zip(MARKERS, series.values()):
-        for x, y in pts:
-            col = round((x - x_lo) / (x_hi - x_lo) * (width - 1)) if x_hi > x_lo else 0
-            row = round((y_hi - y) / (y_hi - y_lo) * (height - 1)) if y_hi > y_lo else height - 1
-            grid[row][col] = marker if grid[row][col] in (" ", marker) else "="
-    tick = {0: y_hi, (height - 1) // 2: (y_hi + y_lo) / 2, height - 1: y_lo}
-    lines = [y_label]
-    lines += [f"{_fmt(tick[i]) if i in tick else '':>8} |{''.join(row)}".rstrip() for i, row in enumerate(grid)]
-    lines.append(" " * 9 + "+" + "-" * width)
-    x_lo_s, x_hi_s = f"{x_lo:g}", f"{x_hi:g}"
-    lines.append(" " * 10 + x_lo_s + " " * max(1, width - len(x_lo_s) - len(x_hi_s)) + x_hi_s + f"  {x_label}")
-    lines += [f"  {marker} {name}" for marker, name in zip(MARKERS, series)]
-    if any("=" in row for row in grid):
-        lines.append("  = two or more series in one place")
-    return "\n".join(lines) + "\n"
-
-
-def val_curves_text(runs: list[Run]) -> str:
-    """Validation perplexity per epoch as a text chart, cut at 1.5x the best value."""
-    curves = val_series(runs)
-    if not curves:
-        return ""
-    best = min(p for pts in curves.values() for _, p in pts)
-    y_label = f"validation perplexity (values above {_fmt(1.5 * best)} left out)"
-    return text_chart(curves, x_label="epoch", y_label=y_label, height=20, y_top=1.5 * best)
 
 
 # Overrides that do not change what a run trains (resume) or that (size, variant) already says.
@@ -396,18 +354,12 @@ def alpha_series(runs: list[Run]) -> dict[str, list[tuple[float, float]]]:
             for label, points in alpha_points(runs).items() for split in ("val", "test")}
 
 
-def alpha_sweep_text(runs: list[Run]) -> str:
-    """val/test perplexity against alpha as a text chart."""
-    series = alpha_series(runs)
-    return text_chart(series, x_label="alpha (0: cross-entropy)", y_label="perplexity") if series else ""
-
-
 def plot_alpha_sweep(runs: list[Run], out: Path) -> Path | None:
     """val/test perplexity against alpha."""
     series = alpha_series(runs)
     if not series:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, points in series.items():
         ax.plot([a for a, _ in points], [p for _, p in points], "s--" if label.endswith("test/ppl") else "o-",

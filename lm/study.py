@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from lm.report import Run, _fmt, _pyplot, text_chart
+from lm.report import Run, format_number, pyplot
 
 
 @dataclass
@@ -74,7 +74,7 @@ def study_table(study: Study) -> str:
              "|---" * (len(study.params) + 2) + "|"]
     for values, objective, run in study.trials:
         mark = " (best)" if best is not None and run is best[2] else ""
-        shown = _fmt(objective, 2) if not math.isnan(objective) else "failed or unfinished"
+        shown = format_number(objective, 2) if not math.isnan(objective) else "failed or unfinished"
         lines.append(f"| {run.path.name} | " + " | ".join(values[p] for p in study.params) + f" | {shown}{mark} |")
     return "\n".join(lines) + "\n"
 
@@ -95,18 +95,12 @@ def study_series(study: Study) -> dict[str, list[tuple[float, float]]]:
     return series
 
 
-def study_text(study: Study) -> str:
-    """One text chart of the objective against each searched value."""
-    return "".join(text_chart({f"trials ({study.path.name})": points}, x_label=key, y_label=study.objective)
-                   for key, points in study_series(study).items())
-
-
 def plot_study(study: Study, out: Path) -> Path | None:
     """The objective against each searched value, one panel per key (needs matplotlib)."""
     series = study_series(study)
     if not series:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 4), squeeze=False)
     for ax, (key, points) in zip(axes[0], series.items()):
         ax.plot([x for x, _ in points], [y for _, y in points], "o")

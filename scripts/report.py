@@ -5,10 +5,8 @@ Runs still training, or stopped to be resumed, appear with the epochs they have 
     python scripts/report.py --sync README.md docs/results.md   # regenerate the tables of committed records
 writes <out>/table.md (below it the mean and range of runs that differ only in their seed),
 <out>/val_curves.png and, for runs that differ in alpha, <out>/alpha.png (the PNGs need matplotlib:
-pip install -e ".[report]"), and the same two plots as text charts (val_curves.txt, alpha.txt) for
-places that show only text, such as the README. For each hyper-parameter study among them
-(`-m hparams_search=...`): <out>/study_<folder>.md with its trials, .txt and .png of the objective
-against every searched value.
+pip install -e ".[report]"). For each hyper-parameter study among them (`-m hparams_search=...`):
+<out>/study_<folder>.md with its trials and a .png of the objective against every searched value.
 
 --sync rewrites, in the given documents, every table between `<!-- report: PATHS -->` and
 `<!-- /report -->` from the records under PATHS (results/...), so a committed table is always what
@@ -25,9 +23,8 @@ from pathlib import Path
 
 from lm.cli import report_user_errors
 from lm.errors import DataError
-from lm.report import (alpha_sweep_text, find_runs, plot_alpha_sweep, plot_val_curves, render_figure_blocks,
-                       render_report_blocks, report_tables, val_curves_text)
-from lm.study import find_studies, plot_study, study_table, study_text
+from lm.report import find_runs, plot_alpha_sweep, plot_val_curves, render_figure_blocks, render_report_blocks, report_tables
+from lm.study import find_studies, plot_study, study_table
 
 
 @report_user_errors
@@ -56,13 +53,9 @@ def main() -> None:
     (out / "table.md").write_text(table)
     print(table)
     studies = find_studies(runs)
-    texts = [("val_curves.txt", val_curves_text(runs)), ("alpha.txt", alpha_sweep_text(runs))]
     for study in studies:
-        texts += [(f"study_{study.path.name}.md", study_table(study)), (f"study_{study.path.name}.txt", study_text(study))]
-    for name, chart in texts:
-        if chart:
-            (out / name).write_text(chart)
-            print(chart)
+        (out / f"study_{study.path.name}.md").write_text(study_table(study))
+        print(study_table(study))
     try:
         written = [plot_val_curves(runs, out / "val_curves.png"), plot_alpha_sweep(runs, out / "alpha.png")]
         written += [plot_study(study, out / f"study_{study.path.name}.png") for study in studies]

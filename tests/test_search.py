@@ -59,7 +59,8 @@ def test_a_two_trial_study_runs_through_train_py_and_report_py_tables_it(corpus,
     table = (out / f"study_{sweep.name}.md").read_text()
     assert "| trial | `loss.alpha` | `loss.tau` | `model.dropout_state` | val/ppl |" in table
     assert table.count(" (best) |") == 1 and f"{best:.2f} (best)" in table
-    assert "loss.tau" in (out / f"study_{sweep.name}.txt").read_text()
+    pytest.importorskip("matplotlib")
+    assert (out / f"study_{sweep.name}.png").stat().st_size > 1000
 
 
 def test_a_study_runs_one_trial_per_slurm_job(tmp_path):
