@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import TINY, run_script, write_corpus
+from helpers import TINY, run_script, write_corpus
 from test_checkpoint import _Payload
 from test_download import _serve, _Truncating
 

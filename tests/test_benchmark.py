@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from lm.allocator import keep_freed_memory
 
 

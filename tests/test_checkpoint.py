@@ -4,7 +4,7 @@ tests/test_bad_input.py runs the same cases through every script)."""
 import pytest
 import torch
 
-from conftest import compose_cfg
+from helpers import compose_cfg
 from lm.build import model_config
 from lm.checkpoint import adopt_model_config, check_compatible, load_checkpoint
 from lm.errors import ConfigError, DataError

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import TINY, compose_cfg, run_script
+from helpers import TINY, compose_cfg, run_script
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the [slurm] extra")
 

@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF, TINY, compose_cfg
+from helpers import CONF, TINY, compose_cfg
 from lm.build import build_datamodule, build_task, build_trainer, model_config
 from lm.losses import AugmentedLoss, CrossEntropyLoss
 from lm.schedules import Constant, Cosine, Linear

@@ -1,7 +1,7 @@
 import torch
 import pytest
 
-from conftest import write_corpus
+from helpers import write_corpus
 from lm.data import EOS, UNK, BPTTWindows, CorpusDataModule, Vocabulary, batchify, place_streams, read_lines
 from lm.errors import ConfigError, DataError
 

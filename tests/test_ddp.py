@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import NO_DROPOUT, REPO, TINY, run_script, write_corpus
+from helpers import NO_DROPOUT, REPO, TINY, run_script, write_corpus
 from lm.build import close_distributed
 
 pytestmark = pytest.mark.slow  # each test starts two processes (python -m pytest -m slow)

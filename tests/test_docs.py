@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import REPO, compose_cfg
+from helpers import REPO, compose_cfg
 from lm.build import model_config
 from lm.data import CorpusDataModule
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_corpus
+from helpers import write_corpus
 from lm.data import CorpusDataModule
 from lm.download import download
 from lm.errors import DataError

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import NO_DROPOUT, TINY, compose_cfg
+from helpers import NO_DROPOUT, TINY, compose_cfg
 from lm.build import build_datamodule, build_task, build_trainer
 from lm.errors import ConfigError
 from lm.metrics import Perplexity
@@ -258,7 +258,7 @@ def test_one_training_step_forces_only_the_allowed_host_syncs(corpus, tmp_path):
     import pytorch_lightning as pl
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from conftest import TINY, compose_cfg
+    from helpers import TINY, compose_cfg
     from lm.build import build_datamodule, build_task, build_trainer
 
     syncing = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "bincount",

@@ -6,7 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import TINY, compose_cfg, run_script
+from helpers import TINY, compose_cfg, run_script
 from lm.build import build_datamodule, build_task, build_trainer
 from lm.errors import ConfigError, DataError
 from lm.pretrained import init_embedding

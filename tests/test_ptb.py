@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from conftest import SHARED_PTB, compose_cfg
+from helpers import SHARED_PTB, compose_cfg
 from lm.build import build_datamodule, build_task, build_trainer
 
 pytestmark = pytest.mark.skipif(not (SHARED_PTB / "ptb.train.txt").is_file(), reason="no ../shared/data/ptb")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, compose_cfg, run_script
+from helpers import REPO, TINY, compose_cfg, run_script
 
 
 def _fake_run(folder, model, loss, test_ppl, alpha=None, curve=(300.0, 200.0), overrides=()):
@@ -209,7 +209,7 @@ def test_report_skips_a_half_written_record_and_a_cut_row_with_a_warning(tmp_pat
 
 
 def test_committed_tables_are_what_report_py_makes_of_the_committed_records(monkeypatch):
-    from conftest import REPO
+    from helpers import REPO
     from lm.report import REPORT_BLOCK, render_report_blocks
 
     monkeypatch.chdir(REPO)  # the blocks name their records relative to the repository
@@ -223,7 +223,7 @@ def test_committed_tables_are_what_report_py_makes_of_the_committed_records(monk
 
 
 def test_committed_figures_draw_the_committed_records(monkeypatch):
-    from conftest import REPO
+    from helpers import REPO
     from lm.report import FIGURE_BLOCK, find_runs, render_figure_blocks, val_curves_csv
 
     monkeypatch.chdir(REPO)

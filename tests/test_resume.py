@@ -7,7 +7,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import TINY, compose_cfg
+from helpers import TINY, compose_cfg
 from lm.build import build_datamodule, build_task, build_trainer
 from lm.callbacks import SaveOnStop, StopRequested
 from lm.module import NonFiniteLoss
@@ -69,7 +69,7 @@ def _params(task):
 
 @pytest.fixture(scope="module")
 def unbroken(tmp_path_factory):
-    from conftest import write_corpus
+    from helpers import write_corpus
 
     corpus = write_corpus(tmp_path_factory.mktemp("corpus"))
     trainer, task, val = _fit(corpus, tmp_path_factory.mktemp("unbroken"))
@@ -172,7 +172,7 @@ def test_train_script_killed_with_sigterm_resumes_to_the_same_result(tmp_path):
     import sys
     import time
 
-    from conftest import REPO, run_script, write_corpus
+    from helpers import REPO, run_script, write_corpus
 
     corpus = write_corpus(tmp_path / "corpus")
     args = [*TINY, f"data.data_dir={corpus}", *RUN, "trainer.max_epochs=4"]
@@ -235,7 +235,7 @@ def test_train_script_killed_with_sigterm_resumes_to_the_same_result(tmp_path):
 @pytest.mark.slow
 def test_resume_with_a_fixed_target_restores_the_copy(tmp_path):
     """loss.target_refresh=7: the resumed run must use the copy taken before the stop, not a new one."""
-    from conftest import write_corpus
+    from helpers import write_corpus
 
     corpus = write_corpus(tmp_path / "corpus")
     extra = ["loss.target_refresh=7", "trainer.max_epochs=2"]
@@ -341,7 +341,7 @@ def test_rng_state_holds_this_process_s_own_cuda_device_only(monkeypatch):
 def test_an_epoch_unit_alpha_ramp_stopped_twice_mid_epoch_resumes_exactly(tmp_path):
     """alpha follows fractional epochs (current epoch + windows done / windows per epoch): each resumed
     process must pick up the window count, or alpha would restart at the epoch's first value."""
-    from conftest import write_corpus
+    from helpers import write_corpus
 
     corpus = write_corpus(tmp_path / "corpus")
     epoch_ramp = ("alpha_schedule.unit=epoch", "alpha_schedule.length=2")

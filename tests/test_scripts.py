@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import NO_DROPOUT, TINY, run_script, write_corpus
+from helpers import NO_DROPOUT, TINY, run_script, write_corpus
 from lm.analysis import load_model, predict_next
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import TINY, compose_cfg, run_script
+from helpers import TINY, compose_cfg, run_script
 
 
 def _trial_args(corpus, sweep):
