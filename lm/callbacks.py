@@ -14,6 +14,7 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lm.analysis import subspace_distance, target_axis, target_spread
+from lm.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,59 @@ class TrainThroughput(pl.Callback):
         self.tokens = state_dict["tokens"]
         self.seconds = state_dict["seconds"]
         self.earlier_wall_s = state_dict.get("wall_s", 0.0)  # absent in checkpoints written before it
+
+
+class NonFiniteLoss(UserError):
+    """The training loss became NaN or infinite; the run stops without saving."""
+
+
+class StopOnNonFiniteLoss(pl.Callback):
+    """Stops a run whose training loss is NaN or infinite, before anything is saved, naming the step and
+    the last checkpoint. On a GPU the previous step's loss is read (already computed, so the read does not
+    wait for the current step); the pending one is read before a validation, which can write a checkpoint,
+    and at the end. Under DDP every rank stops at the same step."""
+
+    def __init__(self):
+        self._step = 0
+        self._unchecked: tuple[torch.Tensor, int, int] | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._check(trainer, (outputs["loss"].detach(), self._step, batch_idx))
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._check(trainer, None)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._check(trainer, None)
+
+    def _check(self, trainer, current: tuple[torch.Tensor, int, int] | None) -> None:
+        pending, self._unchecked = self._unchecked, None
+        if current is not None:
+            if current[0].device.type == "cuda":
+                self._unchecked = current
+            else:
+                pending = current
+        if pending is None:
+            return
+        value, step, window = pending
+        bad = (~torch.isfinite(value)).to(torch.float32)
+        if trainer.world_size > 1:  # every rank stops at the same step, or the others would hang
+            bad = trainer.strategy.reduce(bad.clone(), reduce_op="max")  # in the next collective
+        if not bad.item():
+            return
+        where = "" if not torch.isfinite(value).item() or trainer.world_size == 1 else " on another process"
+        callback = trainer.checkpoint_callback
+        last = callback and (callback.last_model_path or callback.best_model_path)
+        raise NonFiniteLoss(
+            f"training loss is {'not finite' if where else value.item()}{where} at step {step} "
+            f"(epoch {trainer.current_epoch}, window {window}); "
+            f"stopped without saving, so checkpoints keep the last finite model"
+            + (f": resume from {last}" if last else " (none was written yet)")
+            + ". Lower the learning rate (optim.optimizer.lr) or clip harder (trainer.gradient_clip_val)."
+        )
 
 
 class StopRequested(Exception):

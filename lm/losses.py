@@ -34,7 +34,18 @@ class LossOutput(NamedTuple):
     kl: torch.Tensor  # mean KL(y~ || y^) per token; 0 for plain cross-entropy
 
 
-class CrossEntropyLoss(nn.Module):
+class Loss(nn.Module):
+    """What the task calls: ``forward`` as below, and the state a loss carries from step to step, which a
+    checkpoint keeps for an exact resume (lm/resume.py); none by default."""
+
+    def carried_state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_carried_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+class CrossEntropyLoss(Loss):
     def forward(self, logits, targets, embedding, alpha: float = 0.0, tau: float = 1.0, step: int = 0,
                 bias: torch.Tensor | None = None) -> LossOutput:
         """Only ``logits`` and ``targets`` are used: the signature is the augmented loss's."""
@@ -42,7 +53,7 @@ class CrossEntropyLoss(nn.Module):
         return LossOutput(ce, ce, torch.zeros_like(ce))
 
 
-class AugmentedLoss(nn.Module):
+class AugmentedLoss(Loss):
     """Cross-entropy plus ``alpha * tau * KL(y~ || y^)``, fused (see ``augmented_loss``).
 
     ``alpha`` and ``tau`` are arguments of every call: the values in force at that step, which the
@@ -74,6 +85,12 @@ class AugmentedLoss(nn.Module):
         self.pred_bias = pred_bias
         self.centre_target = centre_target
         self.chunk_elements = chunk_elements
+
+    def carried_state(self) -> dict[str, torch.Tensor]:
+        return {} if self.target_snapshot is None else {"target_snapshot": self.target_snapshot}
+
+    def load_carried_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.target_snapshot = state.get("target_snapshot")
 
     def target_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
         """The matrix ``y~`` is formed from: ``L``, or ``L`` less its mean row with ``centre_target``."""

@@ -29,12 +29,11 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lm.allocator import keep_freed_memory
 from lm.build import build_datamodule, build_task, build_trainer, close_distributed
-from lm.callbacks import StopRequested, TrainThroughput
+from lm.callbacks import NonFiniteLoss, StopRequested, TrainThroughput
 from lm.checkpoint import check_compatible, load_checkpoint, model_state
 from lm.cli import report_user_errors
 from lm.errors import ConfigError
 from lm.files import atomic_write
-from lm.module import NonFiniteLoss
 
 log = logging.getLogger(__name__)
 OBJECTIVES = ("val/ppl", "test/ppl")  # what `objective` may name: the perplexities of metrics.json

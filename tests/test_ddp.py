@@ -143,7 +143,8 @@ def test_each_rank_draws_its_own_masks_and_a_resumed_ddp_run_is_exact(corpus, tm
     unbroken = _train_with_dropout(corpus, tmp_path / "unbroken", *run, "trainer.max_epochs=2")
     stopped = _train_with_dropout(corpus, tmp_path / "stopped", *run, "trainer.max_epochs=1")
     saved = torch.load(stopped / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert len(saved["rng"]) == 2 and not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])
+    rng = saved["callbacks"]["ExactResume"]["rng"]
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
     resumed = _train_with_dropout(corpus, tmp_path / "stopped", *run, "trainer.max_epochs=2", "resume=true")
     a, b = _weights(unbroken), _weights(resumed)
     for name in a:  # rank 1 resumed with its own generator, not rank 0's

@@ -10,7 +10,7 @@ import torch
 from helpers import TINY, compose_cfg
 from lm.build import build_datamodule, build_task, build_trainer
 from lm.callbacks import SaveOnStop, StopRequested
-from lm.module import NonFiniteLoss
+from lm.callbacks import NonFiniteLoss
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 # Dropout on, so that a resumed run only matches if the RNG state is restored too.
@@ -130,7 +130,7 @@ def test_resume_without_the_saved_state_would_differ(unbroken, tmp_path):
         _fit(corpus, tmp_path, SignalAt(per_epoch + 3, signal.SIGTERM))
     last = tmp_path / "checkpoints" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=False)
-    del saved["rng"], saved["train_hidden"]
+    del saved["callbacks"]["ExactResume"]
     torch.save(saved, last)
     _, _, val_resumed = _fit(corpus, tmp_path, ckpt_path=str(last))
     assert val_resumed[-1] != pytest.approx(val_unbroken[-1], rel=1e-4)
@@ -255,7 +255,8 @@ def test_resume_with_a_fixed_target_restores_the_copy(tmp_path):
     for name, value in resumed.model.state_dict().items():
         torch.testing.assert_close(value, straight.model.state_dict()[name], rtol=1e-4, atol=1e-6, msg=name)
 
-    saved["target_snapshot"] = None  # the control: without the saved copy the run differs
+    assert "target_snapshot" in saved["callbacks"]["ExactResume"]["loss"]
+    saved["callbacks"]["ExactResume"]["loss"] = {}  # the control: without the saved copy the run differs
     torch.save(saved, last)
     _, without = fit(tmp_path / "stopped", ckpt_path=str(last))
     assert not torch.allclose(without.model.embedding.weight, straight.model.embedding.weight, rtol=1e-4, atol=1e-6)
@@ -321,20 +322,20 @@ def test_an_ignored_sigint_stays_ignored():
 def test_rng_state_holds_this_process_s_own_cuda_device_only(monkeypatch):
     """The CUDA generator saved is the one of this process's device, not one per visible device (which
     breaks when a job resumes on fewer GPUs); restored to the same device. CUDA mocked."""
-    from lm.module import _rng_state, _set_rng_state
+    from lm.resume import rng_state, set_rng_state
 
     calls = []
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: calls.append(("get", device)) or torch.full((16,), 7, dtype=torch.uint8))
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(("set", device, int(state[0]))))
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("indexed by device count"))
     device = torch.device("cuda", 3)
-    state = _rng_state(device)
+    state = rng_state(device)
     assert set(state) == {"torch", "cuda"} and calls == [("get", device)]
     before = torch.get_rng_state()
     torch.rand(5)
-    _set_rng_state(state, device)
+    set_rng_state(state, device)
     assert torch.equal(torch.get_rng_state(), before) and calls[-1] == ("set", device, 7)
-    assert set(_rng_state(torch.device("cpu"))) == {"torch"}
+    assert set(rng_state(torch.device("cpu"))) == {"torch"}
 
 
 @pytest.mark.slow
@@ -393,7 +394,7 @@ def test_the_loader_cannot_tell_an_epoch_cut_short_from_a_stopped_one_so_the_tas
 
     class AtEpochEnd(pl.Callback):
         def on_train_epoch_end(self, trainer, pl_module):
-            at_epoch_end.append((taken[0], pl_module._windows_done, trainer.num_training_batches))
+            at_epoch_end.append((taken[0], pl_module.windows_done, trainer.num_training_batches))
 
     loader = Counting(dm.windows("train"))
     trainer = build_trainer(cfg, with_logger=False)
