@@ -23,7 +23,7 @@ def test_batchify_lays_streams_in_columns():
 
 def test_windows_are_contiguous_and_targets_shifted(corpus):
     dm = make_dm(corpus)
-    streams = dm._streams["train"]
+    streams = dm.windows("train").streams
     xs, ys = zip(*dm.train_dataloader())
     x_all, y_all = torch.cat(xs), torch.cat(ys)
     # Walking the windows in order re-reads every stream from its first token, without gaps.
@@ -41,7 +41,7 @@ def test_windows_are_views_not_copies(corpus):
     dm = make_dm(corpus)
     windows = dm.windows("train")
     x, y = windows[1]
-    base = dm._streams["train"]
+    base = dm.windows("train").streams
     assert x.untyped_storage().data_ptr() == base.untyped_storage().data_ptr()
     assert x.data_ptr() == base[5].data_ptr()
 
@@ -72,7 +72,7 @@ def test_both_file_layouts_load_the_same(tmp_path):
     b = make_dm(write_corpus(tmp_path / "ptb", seed=3, prefix="ptb."))
     assert a.vocab.itos == b.vocab.itos
     for split in ("train", "valid", "test"):
-        assert torch.equal(a._streams[split], b._streams[split])
+        assert torch.equal(a.windows(split).streams, b.windows(split).streams)
 
 
 def test_vocabulary_roundtrip(tmp_path, corpus):
@@ -83,7 +83,7 @@ def test_vocabulary_roundtrip(tmp_path, corpus):
 
 def test_ddp_ranks_take_disjoint_contiguous_stream_slices(corpus):
     dm = make_dm(corpus)
-    full = dm._streams["train"]
+    full = dm.windows("train").streams
     halves = [CorpusDataModule._shard(batchify(dm._ids["train"], 4), r, 2, "train") for r in (0, 1)]
     assert torch.equal(torch.cat(halves, dim=1), full)
     with pytest.raises(ConfigError, match=r"data.batch_size=4 does not divide among the 3 DDP processes; .*"
@@ -186,7 +186,7 @@ def test_loader_set_epoch_switches_to_that_epochs_windows(corpus):
     dm.setup()
     loader = dm.train_dataloader()
     fixed_len = len(dm.windows("train"))
-    streams = dm._streams["train"]
+    streams = dm.windows("train").streams
     seen = []
     for epoch in (0, 1):
         loader.set_epoch(epoch)
