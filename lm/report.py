@@ -413,7 +413,7 @@ def render_figure_blocks(text: str, doc: Path, draw: bool = True) -> str:
             png.parent.mkdir(parents=True, exist_ok=True)
             png.with_suffix(".csv").write_text(val_curves_csv(runs))
             plot_val_curves(runs, png)
-        link = os.path.relpath(png, doc.resolve().parent if doc.is_absolute() else doc.parent)
+        link = os.path.relpath(png, doc.parent)  # both made absolute against the working directory
         image = f"![Validation perplexity per epoch; data: {png.with_suffix('.csv').name}]({link})\n"
         return m.group("open") + image + m.group("close")
 
