@@ -75,6 +75,9 @@ class AugmentedLoss(Loss):
         if target_refresh > 1 and target_grad:
             raise ConfigError("loss.target_grad=true needs loss.target_refresh=1: a frozen copy of the embedding "
                               "passes no gradient.")
+        for name, value in (("pred_bias", pred_bias), ("centre_target", centre_target)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"loss.{name} must be true or false, got {value!r}.")
         if compile not in (True, False, "auto"):
             raise ConfigError(f"loss.compile must be true, false or auto, got {compile!r}.")
         self.target_refresh = target_refresh

@@ -321,3 +321,9 @@ def test_fixed_target_uses_the_embedding_copied_every_k_steps():
 def test_bad_fixed_target_settings_are_config_errors(kw):
     with pytest.raises(ConfigError, match="target_refresh"):
         AugmentedLoss(**kw)
+
+
+@pytest.mark.parametrize("kw", [{"pred_bias": "yes"}, {"centre_target": 1}])
+def test_bias_options_that_are_not_booleans_are_config_errors(kw):
+    with pytest.raises(ConfigError, match=f"loss.{next(iter(kw))} must be true or false"):
+        AugmentedLoss(**kw)
