@@ -43,6 +43,20 @@ def report_user_errors(main):
     return wrapper
 
 
+def checkpoint_tool_parser(doc: str) -> argparse.ArgumentParser:
+    """The parser of the tools that read one checkpoint (predict, neighbors, calibration), with ``--ckpt``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="a .ckpt file written by train.py (or ckpt_path=PATH)")
+    return parser
+
+
+def parse_tool_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse a checkpoint tool's arguments, taking the checkpoint as evaluate.py does too: ``ckpt_path=PATH``."""
+    argv = sys.argv[1:] if argv is None else argv
+    return parser.parse_args([f"--ckpt={a.removeprefix('ckpt_path=')}" if a.startswith("ckpt_path=") else a
+                              for a in argv])
+
+
 def temperatures(text: str) -> list[float]:
     """An argparse type: comma-separated temperatures, each > 0, such as ``1,2,5``."""
     try:

@@ -12,9 +12,8 @@ Dropout, all off by default (``conf/size/*.yaml`` sets the paper's ``dropout_sta
   batch, so every step of the sequence sees the same dropped connections); keeps cuDNN's fused LSTM;
 - ``dropout_state``: the paper's form (its Appendix A). One mask per sequence and unit on each layer's
   output h_t, applied both where h_t is carried to the layer's next step and where it feeds the next
-  layer or the classifier. nn.LSTM cannot mask its own recurrent state, so training with it runs
-  ``lm.lstm.masked_lstm``, a loop over time with its backward written out; evaluation (no mask)
-  keeps nn.LSTM. The parameters are nn.LSTM's either way, so checkpoints move between the two forms.
+  layer or the classifier. Training runs ``lm.lstm.masked_lstm``, which gets nn.LSTM's fused kernel to
+  apply the mask; evaluation (no mask) runs nn.LSTM as it is. The parameters are nn.LSTM's either way.
 """
 
 from __future__ import annotations
@@ -133,10 +132,9 @@ class LSTMLanguageModel(nn.Module):
         dropout, through ``masked_lstm`` with one mask for the window."""
         if self.training and self.dropout_state > 0:
             h, c = state[0][0], state[1][0]
-            keep = 1.0 - self.dropout_state
-            mask = h.new_empty(h.shape).bernoulli_(keep) / keep
-            out, h, c = masked_lstm(x, h, c, mask, lstm.weight_ih_l0, lstm.weight_hh_l0,
-                                    lstm.bias_ih_l0 + lstm.bias_hh_l0)
+            keep = h.new_empty(h.shape).bernoulli_(1.0 - self.dropout_state)
+            out, h, c = masked_lstm(x, h, c, keep, self.dropout_state, lstm.weight_ih_l0, lstm.weight_hh_l0,
+                                    lstm.bias_ih_l0, lstm.bias_hh_l0)
             return out, (h.unsqueeze(0), c.unsqueeze(0))
         if not (self.training and self.dropout_recurrent > 0):
             return lstm(x, state)

@@ -10,24 +10,22 @@ cross-entropy and a lower perplexity at a T > 1 mean over-confident predictions.
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
 from lm.analysis import calibration, load_model, read_text
-from lm.cli import report_user_errors, temperatures
+from lm.cli import checkpoint_tool_parser, parse_tool_args, report_user_errors, temperatures
 
 
 @report_user_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = checkpoint_tool_parser(__doc__)
     parser.add_argument("text", type=Path, help="a text file, such as ptb.valid.txt")
-    parser.add_argument("--ckpt", required=True, help="a .ckpt file written by train.py")
     parser.add_argument("--temps", type=temperatures, default="0.9,1.1,1.2,1.5",
                         help="temperatures besides 1, comma-separated")
     parser.add_argument("--streams", type=int, default=10, help="parallel streams (data.eval_batch_size)")
     parser.add_argument("--bptt", type=int, default=35, help="window length (data.bptt)")
-    args = parser.parse_args()
+    args = parse_tool_args(parser)
     if args.streams < 1 or args.bptt < 1:
         parser.error("--streams and --bptt must be at least 1")
     model, vocab = load_model(args.ckpt)

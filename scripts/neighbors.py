@@ -11,27 +11,25 @@ how much of y~ the first principal axis of L decides, whatever the temperature:
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
 import torch
 
 from lm.analysis import load_model, read_text, target_axis, target_neighbors, target_spread
-from lm.cli import report_user_errors, temperatures
+from lm.cli import checkpoint_tool_parser, parse_tool_args, report_user_errors, temperatures
 
 
 @report_user_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = checkpoint_tool_parser(__doc__)
     parser.add_argument("word", nargs="?")
-    parser.add_argument("--ckpt", required=True, help="a .ckpt file written by train.py")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--tau", type=float, default=1.0, help="the temperature of the target (loss.tau)")
     parser.add_argument("--spread", type=Path, metavar="TEXT", help="summarise y~ over the words of this text")
     parser.add_argument("--taus", type=temperatures, default="1,2,5,10",
                         help="temperatures for --spread, comma-separated")
-    args = parser.parse_args()
+    args = parse_tool_args(parser)
     if (args.word is None) == (args.spread is None):
         parser.error("give a WORD or --spread TEXT (one of the two)")
     model, vocab = load_model(args.ckpt)

@@ -5,19 +5,17 @@
 
 from __future__ import annotations
 
-import argparse
 
 from lm.analysis import load_model, predict_next
-from lm.cli import report_user_errors
+from lm.cli import checkpoint_tool_parser, parse_tool_args, report_user_errors
 
 
 @report_user_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = checkpoint_tool_parser(__doc__)
     parser.add_argument("text", help="context words, space-separated (PTB is lower-case, numbers are N)")
-    parser.add_argument("--ckpt", required=True, help="a .ckpt file written by train.py")
     parser.add_argument("--k", type=int, default=10)
-    args = parser.parse_args()
+    args = parse_tool_args(parser)
     model, vocab = load_model(args.ckpt)
     for word, prob in predict_next(model, vocab, args.text, args.k):
         print(f"{prob:8.4f}  {word}")

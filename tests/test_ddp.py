@@ -39,7 +39,7 @@ def test_one_step_on_two_processes_equals_one_process_with_all_streams(corpus, t
     one_step = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=2",
                 "loss=augmented", "model=untied"]
     single = _train(corpus, tmp_path / "single", *one_step)
-    # A state-dropout rate too small to drop anything: the DDP side trains through the masked loop
+    # A state-dropout rate too small to drop anything: the DDP side trains through masked_lstm
     # (lm.lstm.masked_lstm), which must reduce its gradients like nn.LSTM's.
     ddp = _train(corpus, tmp_path / "ddp", *one_step, *DDP, "model.dropout_state=1e-9")
     a, b = _weights(single), _weights(ddp)

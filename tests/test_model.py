@@ -283,8 +283,7 @@ def test_state_dropout_with_a_mask_of_ones_is_nn_lstm():
     torch.manual_seed(5)
     lstm = torch.nn.LSTM(12, 16)
     x, h, c = torch.randn(9, 4, 12), torch.randn(4, 16), torch.randn(4, 16)
-    out, h_n, c_n = masked_lstm(x, h, c, torch.ones(4, 16), lstm.weight_ih_l0, lstm.weight_hh_l0,
-                                lstm.bias_ih_l0 + lstm.bias_hh_l0)
+    out, h_n, c_n = masked_lstm(x, h, c, torch.ones(4, 16), 0.0, *lstm.parameters())
     expected, (h_ref, c_ref) = lstm(x, (h[None], c[None]))
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close((h_n, c_n), (h_ref[0], c_ref[0]), rtol=1e-5, atol=1e-6)
@@ -298,24 +297,22 @@ def test_state_dropout_with_a_mask_of_ones_is_nn_lstm():
     torch.testing.assert_close(hidden_a, hidden_b, rtol=1e-5, atol=1e-6)
 
 
-def test_state_dropout_outputs_and_gradients_match_a_step_by_step_reference():
+@pytest.mark.parametrize("steps", [7, 1])  # a one-step window: the last step is fed by the carried state
+def test_state_dropout_outputs_and_gradients_match_a_step_by_step_reference(steps):
     torch.manual_seed(6)
     lstm = torch.nn.LSTM(12, 16)
-    x = torch.randn(7, 4, 12, requires_grad=True)
+    x = torch.randn(steps, 4, 12, requires_grad=True)
     h, c = torch.randn(4, 16, requires_grad=True), torch.randn(4, 16, requires_grad=True)
-    mask = torch.empty(4, 16).bernoulli_(0.6) / 0.6
-    out, h_n, c_n = masked_lstm(x, h, c, mask, lstm.weight_ih_l0, lstm.weight_hh_l0,
-                                lstm.bias_ih_l0 + lstm.bias_hh_l0)
-    ref, h_ref, c_ref, cell = _state_dropout_by_cell(x, h, c, mask, lstm)
+    keep = torch.empty(4, 16).bernoulli_(0.6)
+    out, h_n, c_n = masked_lstm(x, h, c, keep, 0.4, *lstm.parameters())
+    ref, h_ref, c_ref, cell = _state_dropout_by_cell(x, h, c, keep / 0.6, lstm)
     torch.testing.assert_close((out, h_n, c_n), (ref, h_ref, c_ref), rtol=1e-5, atol=1e-6)
     # The final state leaves unmasked: the next window applies its own mask where it is used.
     assert (h_n == 0).float().mean() < 0.01 < (out[-1] == 0).float().mean()
     upstream = [torch.randn_like(t) for t in (out, h_n, c_n)]  # a loss on every output, not a plain sum
-    ours = torch.autograd.grad((out, h_n, c_n), (x, h, c, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0),
-                               upstream)
-    theirs = torch.autograd.grad((ref, h_ref, c_ref), (x, h, c, cell.weight_ih, cell.weight_hh, cell.bias_ih),
-                                 upstream)
-    for name, a, b in zip(("x", "h0", "c0", "w_ih", "w_hh", "bias"), ours, theirs):
+    ours = torch.autograd.grad((out, h_n, c_n), (x, h, c, *lstm.parameters()), upstream)
+    theirs = torch.autograd.grad((ref, h_ref, c_ref), (x, h, c, *cell.parameters()), upstream)
+    for name, a, b in zip(("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"), ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
@@ -327,8 +324,9 @@ def test_state_dropout_backward_passes_gradcheck():
     def rand(*shape):
         return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
 
-    mask = (torch.rand(batch, n, generator=g, dtype=torch.float64) > 0.3).double() / 0.7
-    args = (rand(steps, batch, d), rand(batch, n), rand(batch, n), mask, rand(4 * n, d), rand(4 * n, n), rand(4 * n))
+    keep = (torch.rand(batch, n, generator=g, dtype=torch.float64) > 0.3).double()
+    args = (rand(steps, batch, d), rand(batch, n), rand(batch, n), keep, 0.3, rand(4 * n, d), rand(4 * n, n),
+            rand(4 * n), rand(4 * n))
     assert torch.autograd.gradcheck(masked_lstm, args)
 
 

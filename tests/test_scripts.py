@@ -9,6 +9,7 @@ import pytest
 
 from helpers import NO_DROPOUT, TINY, run_script, write_corpus
 from lm.analysis import load_model, predict_next
+from lm.cli import checkpoint_tool_parser, parse_tool_args
 
 
 def _common(corpus, run_dir):
@@ -101,6 +102,14 @@ def test_benchmark_builds_the_model_with_train_py_overrides():
     assert "model.dropout_recurrent must be in [0, 1), got 1." in result.stderr  # the model's own check, not argparse
 
 
+def test_checkpoint_tools_take_the_checkpoint_as_evaluate_py_does():
+    parser = checkpoint_tool_parser("a tool")
+    parser.add_argument("word")
+    for argv in (["money", "ckpt_path=runs/a=1/best.ckpt"], ["--ckpt", "runs/a=1/best.ckpt", "money"]):
+        args = parse_tool_args(parser, argv)
+        assert (args.word, args.ckpt) == ("money", "runs/a=1/best.ckpt")
+
+
 @pytest.mark.slow
 def test_predict_neighbors_and_calibration_read_a_trained_checkpoint(corpus, tmp_path):
     run_dir = tmp_path / "run"
@@ -125,7 +134,7 @@ def test_predict_neighbors_and_calibration_read_a_trained_checkpoint(corpus, tmp
             for c in contexts]
     assert sum(hits) >= 0.75 * len(hits)  # it learnt the language (chance: 2 in 41)
 
-    neighbors = run_script("neighbors.py", "w3", "--ckpt", ckpt, "--k", "5")
+    neighbors = run_script("neighbors.py", "w3", f"ckpt_path={ckpt}", "--k", "5")  # evaluate.py's form
     assert neighbors.returncode == 0, neighbors.stderr[-3000:]
     probs = [float(line.split()[0]) for line in neighbors.stdout.strip().splitlines()]
     assert len(probs) == 5 and probs == sorted(probs, reverse=True)
