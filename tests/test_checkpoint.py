@@ -4,7 +4,7 @@ tests/test_bad_input.py runs the same cases through every script)."""
 import pytest
 import torch
 
-from helpers import compose_cfg
+from helpers import CONF, compose_cfg
 from lm.build import model_config
 from lm.checkpoint import adopt_model_config, check_compatible, load_checkpoint
 from lm.errors import ConfigError, DataError
@@ -78,3 +78,14 @@ def test_a_tool_adopts_the_checkpoints_model_and_refuses_an_override_that_contra
                              (["size=medium"], "size contradicts")):
         with pytest.raises(ConfigError, match=named + " checkpoint x.ckpt"):
             adopt_model_config(compose_cfg(overrides, tmp_path), checkpoint, "x.ckpt", overrides)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")
+                                          if p.stem != "tuned_small_common"))
+def test_every_preset_s_checkpoint_is_read_with_no_model_setting(preset, tmp_path):
+    # What evaluate.py ckpt_path=X does with no other flag: the evaluation config is the default one.
+    trained = compose_cfg([f"experiment={preset}"], tmp_path)
+    checkpoint = {"state_dict": {}, "model_config": model_config(trained)}
+    cfg = compose_cfg([], tmp_path, config_name="evaluate")
+    adopt_model_config(cfg, checkpoint, "x.ckpt", [])
+    assert model_config(cfg) == checkpoint["model_config"]

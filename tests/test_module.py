@@ -104,7 +104,7 @@ def test_validation_perplexity_equals_manual_computation(corpus, tmp_path):
             logits, hidden = model(x, hidden)
             nll += torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), reduction="sum").item()
             count += y.numel()
-    assert count == dm._streams["valid"].numel() - dm.eval_batch_size
+    assert count == dm.windows("valid").streams.numel() - dm.eval_batch_size
     assert logged == pytest.approx(math.exp(nll / count), rel=1e-5)
 
 

@@ -128,6 +128,19 @@ def test_reproduce_trains_both_stages_of_each_small_variant_once_and_writes_the_
     assert again.returncode == 0 and again.stdout.count("finished earlier") == 4
 
 
+@pytest.mark.slow
+def test_reproduce_runs_each_seed_in_its_own_folder_and_the_table_shows_their_spread(corpus, tmp_path):
+    args = ["small", "--out", str(tmp_path / "repro"), "--variants", "vd", "--stages", "1", "--seeds", "1,2", *TINY,
+            f"data.data_dir={corpus}", "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
+    result = run_script("reproduce.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = tmp_path / "repro" / "small"
+    for seed in (1, 2):
+        assert f"seed={seed}" in json.loads((root / "vd" / f"seed{seed}" / "stage1" / "metrics.json").read_text())["overrides"]
+    table = (root / "report" / "table.md").read_text()
+    assert "Runs that differ only in their seed" in table and table.count("| VD | small | 1 |") == 3  # two runs, one spread
+
+
 def _run_with_config(folder, overrides, edit=lambda cfg: None):
     """A finished run folder whose .hydra holds the config that `overrides` compose today, after `edit`."""
     from omegaconf import OmegaConf
