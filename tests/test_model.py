@@ -287,7 +287,7 @@ def test_state_dropout_with_a_mask_of_ones_is_nn_lstm():
     expected, (h_ref, c_ref) = lstm(x, (h[None], c[None]))
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close((h_n, c_n), (h_ref[0], c_ref[0]), rtol=1e-5, atol=1e-6)
-    # Through the model: a rate too small to drop anything takes the loop and matches the nn.LSTM path.
+    # Through the model: a rate too small to drop anything takes masked_lstm and matches the nn.LSTM path.
     looped, plain = small(dropout_state=1e-9).train(), small().train()
     plain.load_state_dict(looped.state_dict())
     tokens = torch.randint(0, 50, (8, 3))
@@ -354,7 +354,7 @@ def test_state_and_recurrent_dropout_together_is_a_config_error():
         small(dropout_state=0.3, dropout_recurrent=0.2)
 
 
-@pytest.mark.parametrize("dropout_state", [0.0, 0.3])  # nn.LSTM; the state-dropout loop
+@pytest.mark.parametrize("dropout_state", [0.0, 0.3])  # nn.LSTM; masked_lstm
 def test_recurrent_layers_run_in_float32_under_autocast_and_take_a_state_of_another_precision(dropout_state,
                                                                                            monkeypatch):
     import lm.model
@@ -363,13 +363,13 @@ def test_recurrent_layers_run_in_float32_under_autocast_and_take_a_state_of_anot
     m = small(dropout_state=dropout_state).train()
     for lstm in m.lstms:
         lstm.register_forward_pre_hook(lambda module, args: seen.append((args[0].dtype, args[1][0].dtype)))
-    loop = lm.model.masked_lstm
+    masked = lm.model.masked_lstm
 
-    def recording_loop(x, h, c, *rest):
+    def recording(x, h, c, *rest):
         seen.append((x.dtype, h.dtype))
-        return loop(x, h, c, *rest)
+        return masked(x, h, c, *rest)
 
-    monkeypatch.setattr(lm.model, "masked_lstm", recording_loop)
+    monkeypatch.setattr(lm.model, "masked_lstm", recording)
     tokens = torch.randint(0, 50, (6, 3))
     hidden = [(h.bfloat16(), c.bfloat16()) for h, c in m.init_hidden(3)]  # as a run saved under bf16 left it
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -88,7 +88,7 @@ def test_benchmark_prints_its_json_record(tmp_path):
     record = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("plain_ce_tokens_per_s", "lightning_ce_tokens_per_s", "lightning_al_tokens_per_s",
                 "eval_tokens_per_s", "al_over_ce", "lightning_over_plain", "projected_al_run_hours",
-                "lightning_ce_nn_lstm_tokens_per_s"):  # size=small trains the state-dropout loop
+                "lightning_ce_nn_lstm_tokens_per_s"):  # size=small trains with state dropout
         assert record[key] > 0, key
     assert record["al_over_ce"] == pytest.approx(
         record["lightning_al_tokens_per_s"] / record["lightning_ce_tokens_per_s"])
