@@ -85,7 +85,23 @@ def check_compatible(checkpoint: dict[str, Any], path, model: nn.Module, vocab: 
         )
     saved = model_state(checkpoint)
     expected = model.state_dict()
+    # Tied and untied models (each with an output bias) have the same keys; a tied one saved W and L equal.
+    w, emb = saved.get("decoder.weight"), saved.get("embedding.weight")
+    if w is not None and emb is not None and hasattr(model, "tie_weights"):
+        tied = w.shape == emb.shape and torch.equal(w, emb)
+        if tied != model.tie_weights:
+            variant = "model=tied" if tied else "model=untied"
+            raise ConfigError(
+                f"checkpoint {path} holds another model variant: {variant} there and the other here. Pass "
+                f"{variant}, as the run that wrote it did."
+            )
     missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+    if (missing, unexpected) in ((["decoder.bias"], []), ([], ["decoder.bias"])):
+        raise ConfigError(
+            f"checkpoint {path} holds a model {'without' if missing else 'with'} an output bias and this one "
+            f"{'has' if missing else 'has none'}. Add model.output_bias={'false' if missing else 'true'} "
+            "(model=tied keeps a bias unless told otherwise)."
+        )
     if missing or unexpected:
         raise ConfigError(
             f"checkpoint {path} holds another model variant (parameters only in the checkpoint: {unexpected or 'none'}; "

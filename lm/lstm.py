@@ -37,5 +37,6 @@ def masked_lstm(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, keep: torch.T
     out = out * scale  # h_t * mask
     c_last = c_last[0]
     masked_prev = out[-2] if x.size(0) > 1 else h * keep * scale  # what fed the last step
-    o_last = torch.sigmoid(F.linear(x[-1], w_ih[3 * n:], b_ih[3 * n:]) + F.linear(masked_prev, w_hh[3 * n:], b_hh[3 * n:]))
+    o_last = torch.sigmoid(F.linear(x[-1], w_ih[3 * n:], b_ih[3 * n:])
+                           + F.linear(masked_prev, w_hh[3 * n:], b_hh[3 * n:]))
     return out, o_last * torch.tanh(c_last), c_last

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-
 from lm.analysis import load_model, predict_next
 from lm.cli import checkpoint_tool_parser, parse_tool_args, report_user_errors
 

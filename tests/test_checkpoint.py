@@ -64,6 +64,25 @@ def test_a_checkpoint_of_another_size_or_variant_is_refused():
         check_compatible(_checkpoint(small), "x.ckpt", small, ["a", "c"])
 
 
+def test_tied_and_untied_checkpoints_with_the_same_keys_are_told_apart():
+    tied, untied = (LSTMLanguageModel(vocab_size=2, emb_size=4, hidden_size=4, tie_weights=t) for t in (True, False))
+    assert tied.state_dict().keys() == untied.state_dict().keys()  # both keep an output bias
+    with pytest.raises(ConfigError, match="another model variant: model=tied there .* Pass model=tied"):
+        check_compatible(_checkpoint(tied), "x.ckpt", untied, None)
+    with pytest.raises(ConfigError, match="another model variant: model=untied there .* Pass model=untied"):
+        check_compatible(_checkpoint(untied), "x.ckpt", tied, None)
+    check_compatible(_checkpoint(tied), "x.ckpt", tied, None)
+
+
+def test_a_checkpoint_with_or_without_an_output_bias_names_the_override_that_fits_it():
+    plain, biased = (LSTMLanguageModel(vocab_size=2, emb_size=4, hidden_size=4, tie_weights=True, output_bias=b)
+                     for b in (False, True))
+    with pytest.raises(ConfigError, match="without an output bias and this one has. Add model.output_bias=false"):
+        check_compatible(_checkpoint(plain), "x.ckpt", biased, None)
+    with pytest.raises(ConfigError, match="with an output bias and this one has none. Add model.output_bias=true"):
+        check_compatible(_checkpoint(biased), "x.ckpt", plain, None)
+
+
 def test_a_tool_adopts_the_checkpoints_model_and_refuses_an_override_that_contradicts_it(tmp_path):
     trained = compose_cfg(["model=untied", "model.emb_size=32", "model.hidden_size=32"], tmp_path)
     checkpoint = {"state_dict": {}, "model_config": model_config(trained)}

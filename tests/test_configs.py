@@ -57,6 +57,16 @@ def test_twelve_paper_presets_and_four_tuned_small_presets_exist():
     assert EXPERIMENTS == sorted(paper + [f"tuned_small_{v}" for v in PAPER])
 
 
+def test_tied_presets_keep_an_output_bias_and_the_paper_s_form_is_one_override(tmp_path):
+    for preset in ("small_re", "small_real", "medium_real", "large_re"):
+        model = instantiate(model_config(compose_cfg([f"experiment={preset}"], tmp_path)), vocab_size=100)
+        assert model.decoder.weight is model.embedding.weight and model.decoder.bias is not None, preset
+    paper = compose_cfg(["experiment=small_real", "model.output_bias=false"], tmp_path)
+    assert instantiate(model_config(paper), vocab_size=100).decoder.bias is None
+    for tuned in ("tuned_small_re", "tuned_small_real"):  # measured without a bias, and kept so
+        assert compose_cfg([f"experiment={tuned}"], tmp_path).model.output_bias is False
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_preset_sets_size_model_and_loss(tmp_path, name):
     size, variant = name.split("_")[-2:]
