@@ -170,7 +170,8 @@ class StopOnNonFiniteLoss(pl.Callback):
             return
         where = "" if not torch.isfinite(value).item() or trainer.world_size == 1 else " on another process"
         callback = trainer.checkpoint_callback
-        last = callback and (callback.last_model_path or callback.best_model_path)
+        last = Path(callback.dirpath) / "last.ckpt" if callback and callback.dirpath else None
+        last = last if last is not None and last.is_file() else None
         raise NonFiniteLoss(
             f"training loss is {'not finite' if where else value.item()}{where} at step {step} "
             f"(epoch {trainer.current_epoch}, window {window}); "

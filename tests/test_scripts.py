@@ -113,8 +113,10 @@ def test_checkpoint_tools_take_the_checkpoint_as_evaluate_py_does():
 @pytest.mark.slow
 def test_predict_neighbors_and_calibration_read_a_trained_checkpoint(corpus, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_script("train.py", *_common(corpus, run_dir), "model=tied", "loss=ce", "trainer.max_epochs=6",
-                        "trainer.limit_train_batches=null", *NO_DROPOUT)
+    # Without the tied preset's output bias: with it, this 16-unit model stays near the unigram of the toy
+    # language for these 6 epochs (val/ppl 35.5 against 6.9), and the check below needs a model that learnt it.
+    result = run_script("train.py", *_common(corpus, run_dir), "model=tied", "model.output_bias=false", "loss=ce",
+                        "trainer.max_epochs=6", "trainer.limit_train_batches=null", *NO_DROPOUT)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = str(run_dir / "checkpoints" / "best.ckpt")
     # write_corpus's language: after each word comes one of two others 90% of the time. The contexts are
