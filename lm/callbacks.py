@@ -127,6 +127,15 @@ class TrainThroughput(pl.Callback):
         self.earlier_wall_s = state_dict.get("wall_s", 0.0)  # absent in checkpoints written before it
 
 
+def last_checkpoint_path(trainer) -> Path | None:
+    """Where ``last.ckpt`` goes (conf/callbacks: beside ``best.ckpt``), which ``resume=true`` reads; None without
+    checkpoints."""
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is None or checkpoint.dirpath is None:
+        return None
+    return Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+
+
 class NonFiniteLoss(UserError):
     """The training loss became NaN or infinite; the run stops without saving."""
 
@@ -169,8 +178,7 @@ class StopOnNonFiniteLoss(pl.Callback):
         if not bad.item():
             return
         where = "" if not torch.isfinite(value).item() or trainer.world_size == 1 else " on another process"
-        callback = trainer.checkpoint_callback
-        last = Path(callback.dirpath) / "last.ckpt" if callback and callback.dirpath else None
+        last = last_checkpoint_path(trainer)
         last = last if last is not None and last.is_file() else None
         raise NonFiniteLoss(
             f"training loss is {'not finite' if where else value.item()}{where} at step {step} "
@@ -253,12 +261,10 @@ class SaveOnStop(pl.Callback):
         self._restore_handlers()
         if not isinstance(exception, (SIGTERMException, StopRequested)):
             return
-        checkpoint = trainer.checkpoint_callback
-        if checkpoint is None or checkpoint.dirpath is None:
+        path = last_checkpoint_path(trainer)
+        if path is None:
             return
-        path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
         # The full state (optimizer, loops, callbacks) for resume; saying so explicitly also keeps Lightning
         # from logging "weights_only was not set", which reads like an unsafe load.
         trainer.save_checkpoint(path, weights_only=False)
-        checkpoint.last_model_path = str(path)
         log.warning("stopped at epoch %d, step %d; wrote %s", trainer.current_epoch, trainer.global_step, path)

@@ -68,6 +68,14 @@ def temperatures(text: str) -> list[float]:
     return taus
 
 
+def seeds(text: str) -> list[int]:
+    """An argparse type: comma-separated integer seeds, such as ``1234,2``."""
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give integer seeds, comma-separated, such as 1234,2") from None
+
+
 def _unwritable(folder: Path) -> str | None:
     """Why ``folder`` cannot be created or written, or None. Creates nothing."""
     existing = folder.absolute()

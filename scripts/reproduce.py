@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lm.cli import report_user_errors
+from lm.cli import report_user_errors, seeds
 from lm.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,14 +39,6 @@ def _train(variant_dir: Path, stage: int, preset: str, overrides: list[str]) -> 
     if result.returncode != 0:
         raise UserError(f"{preset} stage {stage} in {variant_dir} stopped with status {result.returncode}; "
                         "run the same command again to resume it.")
-
-
-def seeds(text: str) -> list[int]:
-    """An argparse type: comma-separated integer seeds, such as ``1234,2``."""
-    try:
-        return [int(s) for s in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give integer seeds, comma-separated, such as 1234,2") from None
 
 
 @report_user_errors
