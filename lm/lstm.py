@@ -2,7 +2,7 @@
 and where it leaves the layer (lm/model.py, ``dropout_state``), run by nn.LSTM's fused kernel.
 
 The kernel has no hook for a mask on its recurrent state, but it computes this layer exactly after three
-substitutions. A dropped unit's output gate is shut: an extra input block adds -1e4 to its pre-activation,
+substitutions. A dropped unit's output gate is shut: extra input columns add -1e4 to its pre-activation,
 so o_t = 0, h_t = 0 and the derivative through o are exact zeros. The kept units' 1/(1-p) then moves into
 W_hh (for the next step) and onto the outputs (for the next layer). The final h, which leaves unmasked for
 the next window, is o_T * tanh(c_T) with o_T recomputed by one small product. Autograd differentiates all
@@ -26,12 +26,14 @@ def masked_lstm(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, keep: torch.T
     n = h.size(1)
     keep = keep.to(x.dtype)
     scale = 1.0 / (1.0 - p)
-    # W_ih gets H more columns, which feed the output gates only: an identity block. The input gets H more
-    # features per sequence, constant over time: 0 for a kept unit, SHUT for a dropped one.
-    w_in = F.pad(w_ih, (0, n))
-    w_in[3 * n:, -n:].diagonal().fill_(1.0)
-    shut = ((1.0 - keep) * SHUT).expand(x.size(0), -1, -1)
-    out, _, c_last = torch.lstm(torch.cat([x, shut], dim=2), ((h * keep)[None], c[None]),
+    # W_ih gets B more columns, which feed the output gates only: column b holds SHUT for each unit that
+    # sequence b drops and 0 for one it keeps. The input gets B more features, sequence b's one-hot, constant
+    # over time. B columns rather than an H x H identity keep the extra work small (B = 20, H >= 200).
+    b = x.size(1)
+    w_in = F.pad(w_ih, (0, b))
+    w_in[3 * n:, -b:] = (1.0 - keep).t() * SHUT
+    onehot = torch.eye(b, dtype=x.dtype, device=x.device).expand(x.size(0), -1, -1)
+    out, _, c_last = torch.lstm(torch.cat([x, onehot], dim=2), ((h * keep)[None], c[None]),
                                 [w_in, w_hh * scale, b_ih, b_hh],
                                 True, 1, 0.0, True, False, False)  # biases, layers, dropout, train, bidir, batch_first
     out = out * scale  # h_t * mask

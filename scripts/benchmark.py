@@ -300,8 +300,8 @@ def main() -> None:
     cfg = {"ce": project_config(args, f"{output_dir}/ce", "loss=ce", "lr_schedule=none"),
            "al": project_config(args, f"{output_dir}/al", "loss=augmented", f"loss.alpha={args.alpha}",
                                 f"loss.tau={args.tau}", "lr_schedule=none")}
-    # The paper's state dropout (lm.lstm.masked_lstm) runs nn.LSTM's kernel on an input widened by the mask;
-    # beside it, the same model without it: what the mask costs.
+    # The paper's state dropout (lm.lstm.masked_lstm) runs nn.LSTM's kernel on an input widened by one
+    # column per sequence; beside it, the same model without it: what the mask costs.
     state_dropout = cfg["ce"].model.dropout_state > 0
     if state_dropout:
         cfg["nn_lstm"] = project_config(args, f"{output_dir}/nn_lstm", "loss=ce", "lr_schedule=none",

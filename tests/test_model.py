@@ -297,13 +297,15 @@ def test_state_dropout_with_a_mask_of_ones_is_nn_lstm():
     torch.testing.assert_close(hidden_a, hidden_b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("steps", [7, 1])  # a one-step window: the last step is fed by the carried state
-def test_state_dropout_outputs_and_gradients_match_a_step_by_step_reference(steps):
+# A one-step window: the last step is fed by the carried state. A batch wider than the layer: the mask's
+# input columns (one per sequence) outnumber the units.
+@pytest.mark.parametrize("steps, batch", [(7, 4), (1, 4), (5, 24)])
+def test_state_dropout_outputs_and_gradients_match_a_step_by_step_reference(steps, batch):
     torch.manual_seed(6)
     lstm = torch.nn.LSTM(12, 16)
-    x = torch.randn(steps, 4, 12, requires_grad=True)
-    h, c = torch.randn(4, 16, requires_grad=True), torch.randn(4, 16, requires_grad=True)
-    keep = torch.empty(4, 16).bernoulli_(0.6)
+    x = torch.randn(steps, batch, 12, requires_grad=True)
+    h, c = torch.randn(batch, 16, requires_grad=True), torch.randn(batch, 16, requires_grad=True)
+    keep = torch.empty(batch, 16).bernoulli_(0.6)
     out, h_n, c_n = masked_lstm(x, h, c, keep, 0.4, *lstm.parameters())
     ref, h_ref, c_ref, cell = _state_dropout_by_cell(x, h, c, keep / 0.6, lstm)
     torch.testing.assert_close((out, h_n, c_n), (ref, h_ref, c_ref), rtol=1e-5, atol=1e-6)
