@@ -129,32 +129,38 @@ def tempered_losses(logits: torch.Tensor, targets: torch.Tensor, temps: list[flo
     return ce, float(-(log_p.exp() * log_p).sum(dtype=torch.float64))
 
 
+def _read_as_validation(model: LSTMLanguageModel, ids: torch.Tensor, streams: int, bptt: int):
+    """(logits (N, V), targets (N,)) window by window, read as validation reads a split: ``streams``
+    parallel streams, windows of ``bptt``, the state carried from window to window."""
+    data = batchify(ids, streams)
+    if data.size(0) < 2:
+        raise DataError(f"the text has {ids.numel()} tokens, too few for {streams} streams; give a longer text "
+                        "or fewer streams.")
+    device = model.embedding.weight.device
+    hidden = model.init_hidden(streams)
+    for x, y in BPTTWindows(data, bptt):
+        logits, hidden = model(x.to(device), hidden)
+        yield logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1).to(device)
+
+
 @torch.no_grad()
 def calibration(model: LSTMLanguageModel, ids: torch.Tensor, temps: list[float], streams: int = 10,
                 bptt: int = 35) -> dict:
-    """How sharp the model's predictions are over a token sequence, read as validation reads a split
-    (``streams`` parallel streams, windows of ``bptt``, the state carried from window to window).
+    """How sharp the model's predictions are over a token sequence, read as validation reads a split.
 
     Returns the number of predicted tokens, the mean entropy of softmax(z) and the mean cross-entropy
     (nats), and ``perplexity``: {T: perplexity of softmax(z / T)} for T = 1 and each of ``temps``.
     A calibrated model's entropy equals its cross-entropy on average; entropy below cross-entropy and
     a lower perplexity at some T > 1 mean over-confident predictions, the opposite under-confident ones.
     """
-    data = batchify(ids, streams)
-    if data.size(0) < 2:
-        raise DataError(f"the text has {ids.numel()} tokens, too few for {streams} streams; give a longer text "
-                        "or fewer streams.")
     temps = sorted({1.0, *temps})
     ce_sums = torch.zeros(len(temps), dtype=torch.float64)
     entropy_sum, count = 0.0, 0
-    device = model.embedding.weight.device
-    hidden = model.init_hidden(streams)
-    for x, y in BPTTWindows(data, bptt):
-        logits, hidden = model(x.to(device), hidden)
-        ce, entropy = tempered_losses(logits.reshape(-1, logits.size(-1)), y.reshape(-1).to(device), temps)
+    for logits, targets in _read_as_validation(model, ids, streams, bptt):
+        ce, entropy = tempered_losses(logits, targets, temps)
         ce_sums += ce.cpu()
         entropy_sum += entropy
-        count += y.numel()
+        count += targets.numel()
     means = ce_sums / count
     return {
         "tokens": count,
@@ -162,3 +168,27 @@ def calibration(model: LSTMLanguageModel, ids: torch.Tensor, temps: list[float],
         "cross_entropy": float(means[temps.index(1.0)]),
         "perplexity": {t: float(m.exp()) for t, m in zip(temps, means)},
     }
+
+
+@torch.no_grad()
+def augmented_pull(model: LSTMLanguageModel, ids: torch.Tensor, alpha: float, tau: float, streams: int = 10,
+                   bptt: int = 35) -> dict:
+    """How hard the augmented term pulls on the model's output over a token sequence, against
+    cross-entropy, read as validation reads a split.
+
+    Per token, the two gradients on the logits (docs/method.md) are softmax(z) - onehot(y*) and
+    alpha * (y^ - y~), with y^ = softmax(z / tau) (the bias in y^, as the presets have it) and
+    y~ = softmax(L L[y*] / tau); times the classifier W, they are the gradients on the top LSTM layer's
+    output. Returns ``ratio``, the norm of the augmented term's over cross-entropy's, pooled over
+    every token, and ``cosine``, how far the two point the same way.
+    """
+    w = model.decoder.weight.float()
+    emb = model.embedding.weight.float()
+    sums = torch.zeros(3, dtype=torch.float64)  # |aug|^2, |ce|^2, <aug, ce>
+    for logits, targets in _read_as_validation(model, ids, streams, bptt):
+        onehot = F.one_hot(targets, logits.size(1)).float()
+        ce = (torch.softmax(logits, dim=-1) - onehot) @ w
+        target = torch.softmax(emb[targets] @ emb.t() / tau, dim=-1)
+        aug = alpha * (torch.softmax(logits / tau, dim=-1) - target) @ w
+        sums += torch.stack([aug.pow(2).sum(), ce.pow(2).sum(), (aug * ce).sum()]).double().cpu()
+    return {"ratio": float((sums[0] / sums[1]).sqrt()), "cosine": float(sums[2] / (sums[0] * sums[1]).sqrt())}

@@ -199,6 +199,31 @@ def test_calibration_reads_a_text_as_one_pass_over_parallel_streams():
         calibration(m, ids[:4], [1.0], streams=3)
 
 
+@pytest.mark.parametrize("tie_weights", [False, True])
+def test_augmented_pull_compares_the_two_terms_gradients_on_the_top_layer(tie_weights):
+    from lm.analysis import augmented_pull
+    from lm.data import batchify
+    from lm.losses import augmented_loss
+
+    torch.manual_seed(0)
+    m = small(init_range=0.5, tie_weights=tie_weights).eval()
+    ids = torch.randint(0, 50, (103,))
+    got = augmented_pull(m, ids, alpha=0.7, tau=3.0, streams=3, bptt=4)
+    # Autograd through the training loss, on the classifier's input over one pass of the whole streams.
+    tops = []
+    m.decoder.register_forward_pre_hook(lambda module, args: tops.append(args[0].detach().requires_grad_()) or (tops[-1],))
+    data = batchify(ids, 3)
+    logits = m(data[:-1], m.init_hidden(3))[0].reshape(-1, 50)
+    targets = data[1:].reshape(-1)
+    ce = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, targets), tops[0], retain_graph=True)[0]
+    total = augmented_loss(logits, targets, m.embedding.weight, 0.7, 3.0).total
+    aug = torch.autograd.grad(total, tops[0])[0] - ce
+    assert got["ratio"] == pytest.approx(float(aug.norm() / ce.norm()), rel=1e-4)
+    assert got["cosine"] == pytest.approx(float(torch.nn.functional.cosine_similarity(aug.flatten(), ce.flatten(), 0)),
+                                          rel=1e-4, abs=1e-5)
+    assert augmented_pull(m, ids, alpha=0.0, tau=3.0, streams=3, bptt=4)["ratio"] == 0.0
+
+
 def test_word_dropout_drops_a_word_at_every_occurrence():
     torch.manual_seed(2)
     m = small(dropout_words=0.5).train()

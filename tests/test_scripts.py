@@ -154,10 +154,14 @@ def test_predict_neighbors_and_calibration_read_a_trained_checkpoint(corpus, tmp
     shares = [float(x) for x in re.findall(r"(\d\.\d+) of", axis)]
     assert axis.startswith("first principal axis of L:") and len(shares) == 2 and all(0 < x <= 1 for x in shares)
     calibrated = run_script("calibration.py", str(corpus / "valid.txt"), "--ckpt", ckpt, "--temps", "0.5,2",
-                            "--streams", "2", "--bptt", "8")  # TINY's data.eval_batch_size and data.bptt
+                            "--streams", "2", "--bptt", "8", "--pull")  # TINY's data.eval_batch_size and data.bptt
     assert calibrated.returncode == 0, calibrated.stderr[-3000:]
-    rows = dict(line.split(" | ") for line in calibrated.stdout.strip().splitlines()[2:])
+    *lines, pull = calibrated.stdout.strip().splitlines()
+    rows = dict(line.split(" | ") for line in lines[2:])
     assert list(rows) == ["0.5", "1", "2"]
+    ratio, cosine = re.fullmatch(r"augmented term at alpha 0.65, tau 20: its gradient on the top LSTM layer's output "
+                                 r"is (\S+) of cross-entropy's in norm, cosine (\S+)", pull).groups()
+    assert float(ratio) > 0 and -1 <= float(cosine) <= 1
     val_ppl = json.loads((run_dir / "metrics.json").read_text())["val/ppl"]
     assert float(rows["1"]) == pytest.approx(val_ppl, abs=0.005 + 1e-4 * val_ppl)  # printed to two decimals
     bad = run_script("calibration.py", str(corpus / "nope.txt"), "--ckpt", ckpt)
