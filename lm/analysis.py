@@ -171,24 +171,40 @@ def calibration(model: LSTMLanguageModel, ids: torch.Tensor, temps: list[float],
 
 
 @torch.no_grad()
-def augmented_pull(model: LSTMLanguageModel, ids: torch.Tensor, alpha: float, tau: float, streams: int = 10,
-                   bptt: int = 35) -> dict:
-    """How hard the augmented term pulls on the model's output over a token sequence, against
-    cross-entropy, read as validation reads a split.
+def pull_sums(logits: torch.Tensor, targets: torch.Tensor, classifier: torch.Tensor, target_embedding: torch.Tensor,
+              alpha: float, tau: float, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """For logits (N, V) and targets (N,): the sums over the N tokens of |aug|^2, |ce|^2 and <aug, ce>
+    (float64, (3,)), where ce and aug are cross-entropy's and the augmented term's gradients on the
+    classifier's input, the top LSTM layer's output.
 
     Per token, the two gradients on the logits (docs/method.md) are softmax(z) - onehot(y*) and
-    alpha * (y^ - y~), with y^ = softmax(z / tau) (the bias in y^, as the presets have it) and
-    y~ = softmax(L L[y*] / tau); times the classifier W, they are the gradients on the top LSTM layer's
-    output. Returns ``ratio``, the norm of the augmented term's over cross-entropy's, pooled over
-    every token, and ``cosine``, how far the two point the same way.
+    alpha * (y^ - y~), with y^ = softmax((z - bias) / tau) (no ``bias``: the bias stays in y^, as the
+    presets have it) and y~ = softmax(L L[y*] / tau), L being ``target_embedding``; times the classifier
+    W (V, d), they are the gradients on its input.
     """
-    w = model.decoder.weight.float()
-    emb = model.embedding.weight.float()
-    sums = torch.zeros(3, dtype=torch.float64)  # |aug|^2, |ce|^2, <aug, ce>
+    z = logits.float()
+    w = classifier.float()
+    emb = target_embedding.float()
+    ce = (torch.softmax(z, dim=-1) - F.one_hot(targets, z.size(1)).float()) @ w
+    pred = torch.softmax((z if bias is None else z - bias.float()) / tau, dim=-1)
+    target = torch.softmax(emb[targets] @ emb.t() / tau, dim=-1)
+    aug = alpha * (pred - target) @ w
+    return torch.stack([aug.pow(2).sum(), ce.pow(2).sum(), (aug * ce).sum()]).double()
+
+
+def pull_from_sums(sums: torch.Tensor) -> dict[str, float]:
+    """``ratio``: the norm of the augmented term's gradient over cross-entropy's, pooled over the tokens
+    of ``pull_sums``; ``cosine``: how far the two point the same way."""
+    aug, ce, dot = (float(v) for v in sums)
+    return {"ratio": (aug / ce) ** 0.5, "cosine": dot / (aug * ce) ** 0.5 if aug > 0 else 0.0}
+
+
+@torch.no_grad()
+def augmented_pull(model: LSTMLanguageModel, ids: torch.Tensor, alpha: float, tau: float, streams: int = 10,
+                   bptt: int = 35) -> dict[str, float]:
+    """How hard the augmented term (the presets' form) pulls on the model's output over a token sequence,
+    against cross-entropy, read as validation reads a split: ``pull_from_sums`` of ``pull_sums``."""
+    sums = torch.zeros(3, dtype=torch.float64)
     for logits, targets in _read_as_validation(model, ids, streams, bptt):
-        onehot = F.one_hot(targets, logits.size(1)).float()
-        ce = (torch.softmax(logits, dim=-1) - onehot) @ w
-        target = torch.softmax(emb[targets] @ emb.t() / tau, dim=-1)
-        aug = alpha * (torch.softmax(logits / tau, dim=-1) - target) @ w
-        sums += torch.stack([aug.pow(2).sum(), ce.pow(2).sum(), (aug * ce).sum()]).double().cpu()
-    return {"ratio": float((sums[0] / sums[1]).sqrt()), "cosine": float(sums[2] / (sums[0] * sums[1]).sqrt())}
+        sums += pull_sums(logits, targets, model.decoder.weight, model.embedding.weight, alpha, tau).cpu()
+    return pull_from_sums(sums)

@@ -13,8 +13,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from lm.analysis import subspace_distance, target_axis, target_spread
-from lm.errors import UserError
+from lm.analysis import pull_from_sums, pull_sums, subspace_distance, target_axis, target_spread
+from lm.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +28,40 @@ class PaperDiagnostics(pl.Callback):
     averaged over the validation words w. Mostly on w itself, the augmented term repeats cross-entropy; on
     w's nearest words, it credits them (the paper's aim); spread thin, it is label smoothing. ``target/axis``:
     the share of the variance of y~'s logits that the first principal axis of L decides (near 1: y~ ranks
-    the vocabulary the same way for every w).
+    the vocabulary the same way for every w). ``pull/ratio`` and ``pull/cosine`` (augmented loss): how hard
+    the augmented term at the alpha and tau in force pulls on the top LSTM layer's output against
+    cross-entropy, over the tokens of every ``pull_every``-th validation window (``lm.analysis.pull_sums``,
+    which costs about what the window's forward pass does; from the current L, also under
+    ``loss.target_refresh``).
     """
 
-    def __init__(self):
+    def __init__(self, pull_every: int = 10):
+        if not isinstance(pull_every, int) or pull_every < 1:
+            raise ConfigError(f"callbacks.diagnostics.pull_every must be a positive integer (windows), got {pull_every!r}.")
+        self.pull_every = pull_every
         self._word_counts: torch.Tensor | None = None  # (V,) target words of this validation
+        self._pull_sums: torch.Tensor | None = None  # (3,) lm.analysis.pull_sums over this validation
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._word_counts = None
+        self._pull_sums = None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if trainer.sanity_checking or not pl_module.augmented:
             return
         y = batch[1].reshape(-1)
-        vocab = pl_module.model.embedding.weight.size(0)
+        model = pl_module.model
+        vocab = model.embedding.weight.size(0)
         # index_add, not bincount: bincount reads the largest id back to the host first.
         counts = torch.zeros(vocab, dtype=torch.long, device=y.device).index_add_(0, y, torch.ones_like(y))
         self._word_counts = counts if self._word_counts is None else self._word_counts + counts
+        if batch_idx % self.pull_every:
+            return
+        loss = pl_module.loss
+        sums = pull_sums(outputs, y, model.decoder.weight, loss.target_embedding(model.embedding.weight),
+                         pl_module.current_alpha(), pl_module.current_tau(),
+                         None if loss.pred_bias else model.decoder.bias)
+        self._pull_sums = sums if self._pull_sums is None else self._pull_sums + sums
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
@@ -60,6 +77,8 @@ class PaperDiagnostics(pl.Callback):
             spread["axis"] = target_axis(target_embedding, counts)["logits"]  # the same at every tau
             for key, value in spread.items():
                 pl_module.log(f"target/{key}", value, on_epoch=True, sync_dist=False)
+            for key, value in pull_from_sums(trainer.strategy.reduce(self._pull_sums, reduce_op="sum")).items():
+                pl_module.log(f"pull/{key}", value, on_epoch=True, sync_dist=False)
 
 
 class TrainThroughput(pl.Callback):

@@ -160,16 +160,20 @@ class LanguageModelTask(pl.LightningModule):
         every = trainer.log_every_n_steps
         return bool(trainer.fast_dev_run) or (every > 0 and (self.global_step + 1) % every == 0)
 
-    def _eval_step(self, stage: str, metric: Perplexity, batch) -> None:
+    def _eval_step(self, stage: str, metric: Perplexity, batch) -> torch.Tensor:
         x, y = batch
         logits, hidden = self.model(x, self._state(stage, x.size(1)))
         self.hidden[stage] = hidden
-        ce = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.reshape(-1))
+        logits = logits.view(-1, logits.size(-1))
+        ce = nn.functional.cross_entropy(logits.float(), y.reshape(-1))
         metric.update(ce, y.numel())
+        return logits
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step("val", self.val_ppl, batch)
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Returns the logits (N, V), which PaperDiagnostics reads."""
+        logits = self._eval_step("val", self.val_ppl, batch)
         self.log("val/ppl", self.val_ppl, prog_bar=True, on_step=False, on_epoch=True)
+        return logits
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step("test", self.test_ppl, batch)

@@ -54,6 +54,10 @@ def test_one_step_on_two_processes_equals_one_process_with_all_streams(corpus, t
     spread = [[r["target/self"] for r in csv.DictReader((d / "csv" / "metrics.csv").open()) if r.get("target/self")]
               for d in (single, ddp)]
     assert len(spread[0]) == 1 and float(spread[1][0]) == pytest.approx(float(spread[0][0]), rel=1e-5)
+    # And the augmented term's pull, pooled over both shards' tokens.
+    pull = [[r["pull/ratio"] for r in csv.DictReader((d / "csv" / "metrics.csv").open()) if r.get("pull/ratio")]
+            for d in (single, ddp)]
+    assert len(pull[0]) == 1 and float(pull[1][0]) == pytest.approx(float(pull[0][0]), rel=1e-4)
 
     assert [p.relative_to(ddp) for p in ddp.rglob("metrics.json")] == [Path("metrics.json")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "ddp", "single", "zero"]

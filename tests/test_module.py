@@ -179,12 +179,12 @@ def test_tau_follows_its_schedule_and_reaches_the_loss(corpus, tmp_path):
 
 
 def test_target_spread_is_logged_over_the_validation_words_at_the_tau_of_the_last_step(corpus, tmp_path):
-    from lm.analysis import target_axis, target_spread
+    from lm.analysis import augmented_pull, target_axis, target_spread
 
     _, dm, task, trainer = build(
         corpus, tmp_path, "loss=augmented", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
         "tau_schedule=linear", "tau_schedule.start=0.5", "loss.tau=2.0", "tau_schedule.length=4",
-        "tau_schedule.unit=step",
+        "tau_schedule.unit=step", "callbacks.diagnostics.pull_every=1",
     )
     trainer.fit(task, datamodule=dm)
     counts = sum(torch.bincount(y.reshape(-1), minlength=dm.vocab_size) for _, y in dm.val_dataloader())
@@ -195,11 +195,28 @@ def test_target_spread_is_logged_over_the_validation_words_at_the_tau_of_the_las
         assert float(trainer.logged_metrics[f"target/{key}"]) == pytest.approx(value, rel=1e-5), key
     # The tau matters: loss.tau (the ramp's end) gives another spread.
     assert target_spread(task.model.embedding.weight, counts, 2.0)["self"] != pytest.approx(expected["self"], rel=1e-3)
+    # The augmented term's pull over the same validation (every window: pull_every=1), the validation
+    # streams read again as calibration.py reads a text.
+    streams = dm.windows("valid").streams
+    pull = augmented_pull(task.model.eval(), streams.t().reshape(-1), task.current_alpha(), last_tau,
+                          streams=streams.size(1), bptt=dm.bptt)
+    for key in ("ratio", "cosine"):
+        assert float(trainer.logged_metrics[f"pull/{key}"]) == pytest.approx(pull[key], rel=1e-4), key
+    assert 0 < pull["ratio"]
 
     _, dm, task, trainer = build(corpus, tmp_path / "ce", "loss=ce", "trainer.max_epochs=1",
                                  "trainer.limit_train_batches=2")
     trainer.fit(task, datamodule=dm)
     assert "val/ppl" in trainer.logged_metrics and "target/self" not in trainer.logged_metrics  # no y~ to describe
+    assert "pull/ratio" not in trainer.logged_metrics
+
+
+def test_pull_every_must_be_a_positive_number_of_windows():
+    from lm.callbacks import PaperDiagnostics
+
+    for bad in (0, 2.5):
+        with pytest.raises(ConfigError, match="callbacks.diagnostics.pull_every must be a positive integer"):
+            PaperDiagnostics(pull_every=bad)
 
 
 def test_tau_schedule_must_stay_positive(corpus, tmp_path):

@@ -34,6 +34,7 @@ def test_train_writes_metrics_and_evaluate_reproduces_them(corpus, tmp_path):
     header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "subspace_distance" in header  # the paper's W-to-span(L) distance, logged for untied models
     assert {"target/self", "target/near", "target/entropy", "target/axis"} <= set(header.split(","))  # y~
+    assert {"pull/ratio", "pull/cosine"} <= set(header.split(","))  # the augmented term against cross-entropy
 
     # No model settings: the untied checkpoint says what it is (the default config is tied).
     data_only = [o for o in TINY if o.startswith("data.")]
