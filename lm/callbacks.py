@@ -37,7 +37,8 @@ class PaperDiagnostics(pl.Callback):
 
     def __init__(self, pull_every: int = 10):
         if not isinstance(pull_every, int) or pull_every < 1:
-            raise ConfigError(f"callbacks.diagnostics.pull_every must be a positive integer (windows), got {pull_every!r}.")
+            raise ConfigError("callbacks.diagnostics.pull_every must be a positive integer (windows), "
+                              f"got {pull_every!r}.")
         self.pull_every = pull_every
         self._word_counts: torch.Tensor | None = None  # (V,) target words of this validation
         self._pull_sums: torch.Tensor | None = None  # (3,) lm.analysis.pull_sums over this validation
