@@ -145,29 +145,36 @@ def _read_as_validation(model: LSTMLanguageModel, ids: torch.Tensor, streams: in
 
 @torch.no_grad()
 def calibration(model: LSTMLanguageModel, ids: torch.Tensor, temps: list[float], streams: int = 10,
-                bptt: int = 35) -> dict:
+                bptt: int = 35, pull: tuple[float, float] | None = None) -> dict:
     """How sharp the model's predictions are over a token sequence, read as validation reads a split.
 
     Returns the number of predicted tokens, the mean entropy of softmax(z) and the mean cross-entropy
     (nats), and ``perplexity``: {T: perplexity of softmax(z / T)} for T = 1 and each of ``temps``.
     A calibrated model's entropy equals its cross-entropy on average; entropy below cross-entropy and
     a lower perplexity at some T > 1 mean over-confident predictions, the opposite under-confident ones.
+    With ``pull`` = (alpha, tau), also ``pull``: ``augmented_pull``'s figures, from the same pass.
     """
     temps = sorted({1.0, *temps})
     ce_sums = torch.zeros(len(temps), dtype=torch.float64)
+    pulls = torch.zeros(3, dtype=torch.float64)
     entropy_sum, count = 0.0, 0
     for logits, targets in _read_as_validation(model, ids, streams, bptt):
         ce, entropy = tempered_losses(logits, targets, temps)
         ce_sums += ce.cpu()
         entropy_sum += entropy
         count += targets.numel()
+        if pull is not None:
+            pulls += pull_sums(logits, targets, model.decoder.weight, model.embedding.weight, *pull).cpu()
     means = ce_sums / count
-    return {
+    result = {
         "tokens": count,
         "entropy": entropy_sum / count,
         "cross_entropy": float(means[temps.index(1.0)]),
         "perplexity": {t: float(m.exp()) for t, m in zip(temps, means)},
     }
+    if pull is not None:
+        result["pull"] = pull_from_sums(pulls)
+    return result
 
 
 @torch.no_grad()
@@ -200,12 +207,8 @@ def pull_from_sums(sums: torch.Tensor) -> dict[str, float]:
     return {"ratio": (aug / ce) ** 0.5, "cosine": dot / (aug * ce) ** 0.5 if aug > 0 else 0.0}
 
 
-@torch.no_grad()
 def augmented_pull(model: LSTMLanguageModel, ids: torch.Tensor, alpha: float, tau: float, streams: int = 10,
                    bptt: int = 35) -> dict[str, float]:
     """How hard the augmented term (the presets' form) pulls on the model's output over a token sequence,
     against cross-entropy, read as validation reads a split: ``pull_from_sums`` of ``pull_sums``."""
-    sums = torch.zeros(3, dtype=torch.float64)
-    for logits, targets in _read_as_validation(model, ids, streams, bptt):
-        sums += pull_sums(logits, targets, model.decoder.weight, model.embedding.weight, alpha, tau).cpu()
-    return pull_from_sums(sums)
+    return calibration(model, ids, [], streams, bptt, pull=(alpha, tau))["pull"]

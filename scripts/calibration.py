@@ -8,7 +8,7 @@ The text is read as validation reads a split (10 streams, windows of 35), so the
 is the run's val/ppl. A calibrated model's entropy equals its cross-entropy on average; entropy below
 cross-entropy and a lower perplexity at a T > 1 mean over-confident predictions. With ``--pull``, also
 how hard the augmented term at ``--alpha`` and ``--tau`` pulls on the top LSTM layer's output against
-cross-entropy (``lm.analysis.augmented_pull``): the ratio of the two gradients' norms and their cosine.
+cross-entropy (``lm.analysis.pull_sums``), in the same pass: the ratio of the two gradients' norms and their cosine.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from lm.analysis import augmented_pull, calibration, load_model, read_text
+from lm.analysis import calibration, load_model, read_text
 from lm.cli import checkpoint_tool_parser, parse_tool_args, report_user_errors, temperatures
 
 
@@ -38,15 +38,15 @@ def main() -> None:
     if args.tau <= 0:
         parser.error("--tau must be positive")
     model, vocab = load_model(args.ckpt)
-    ids = read_text(args.text, vocab, "calibration.py")
-    result = calibration(model, ids, args.temps, args.streams, args.bptt)
+    result = calibration(model, read_text(args.text, vocab, "calibration.py"), args.temps, args.streams, args.bptt,
+                         pull=(args.alpha, args.tau) if args.pull else None)
     print(f"{result['tokens']} tokens: mean entropy {result['entropy']:.3f} nats, mean cross-entropy "
           f"{result['cross_entropy']:.3f} nats (uniform {math.log(len(vocab)):.2f})")
     print("T | perplexity of softmax(logits / T)")
     for t, ppl in result["perplexity"].items():
         print(f"{t:g} | {ppl:.2f}")
     if args.pull:
-        pull = augmented_pull(model, ids, args.alpha, args.tau, args.streams, args.bptt)
+        pull = result["pull"]
         print(f"augmented term at alpha {args.alpha:g}, tau {args.tau:g}: its gradient on the top LSTM layer's "
               f"output is {pull['ratio']:.4f} of cross-entropy's in norm, cosine {pull['cosine']:.3f}")
 
