@@ -90,18 +90,30 @@ def test_loss_is_float32_under_bf16_inputs(inputs):
     assert out.total.dtype == torch.float32 and torch.isfinite(out.total)
 
 
+def test_bf16_logits_lower_the_precision_of_the_target_similarity_alone(inputs):
+    # The same logit values in bf16 and in float64: cross-entropy reads them in float32 either way, and the
+    # KL moves by bf16's rounding of the similarity, which runs in the logits' dtype.
+    z, y, L = inputs
+    low = AugmentedLoss()(z.bfloat16(), y, L, alpha=0.5, tau=2.0)
+    high = AugmentedLoss()(z.bfloat16().double(), y, L, alpha=0.5, tau=2.0)
+    assert torch.equal(low.ce, high.ce)
+    assert torch.allclose(low.kl, high.kl, rtol=1e-2) and not torch.equal(low.kl, high.kl)
+
+
 def test_bad_compile_setting_is_a_config_error():
     with pytest.raises(ConfigError, match="loss.compile"):
         AugmentedLoss(compile="yes")
 
 
-def reference_augmented(logits, targets, embedding, alpha, tau, target_grad, bias=None, centre_target=False):
-    """The straightforward formulation, autograd through every intermediate; ``bias`` is taken out of y^."""
+def reference_augmented(logits, targets, embedding, alpha, tau, target_grad, bias=None, centre_target=False,
+                        sim_dtype=torch.float32):
+    """The straightforward formulation, autograd through every intermediate; ``bias`` is taken out of y^;
+    the similarity's matmul in ``sim_dtype``."""
     z = logits.float()
     emb = embedding.float() if target_grad else embedding.float().detach()
     if centre_target:
         emb = emb - emb.mean(0)
-    log_target = F.log_softmax(emb[targets] @ emb.t() / tau, dim=-1)
+    log_target = F.log_softmax(((emb[targets] / tau).to(sim_dtype) @ emb.to(sim_dtype).t()).float(), dim=-1)
     log_pred = F.log_softmax((z if bias is None else z - bias.float()) / tau, dim=-1)
     kl = F.kl_div(log_pred, log_target, log_target=True, reduction="batchmean")
     return F.cross_entropy(z, targets) + alpha * tau * kl
@@ -218,10 +230,11 @@ def test_fused_matches_straightforward_under_bf16_autocast(target_grad, compiled
     alpha, tau = 0.5, 1.3
     fused = AugmentedLoss(target_grad=target_grad, compile=compiled)
     loss_f, grads_f = _model_grads(lambda z, y, L, b: fused(z, y, L, alpha, tau).total, True, autocast=True)
-    # The reference, under autocast, would run its similarity matmul in bf16; the fused loss keeps
-    # float32 by itself, so it is compared with the reference computed outside autocast.
-    loss_r, grads_r = _model_grads(lambda z, y, L, b: reference_augmented(z, y, L, alpha, tau, target_grad), True,
-                                   autocast=True, loss_in_autocast=False)
+    # The fused loss keeps float32 by itself except for the similarity's matmul, which takes the logits'
+    # bf16; the reference, computed outside autocast, does the same explicitly.
+    loss_r, grads_r = _model_grads(
+        lambda z, y, L, b: reference_augmented(z, y, L, alpha, tau, target_grad, sim_dtype=torch.bfloat16), True,
+        autocast=True, loss_in_autocast=False)
     assert loss_f.dtype == torch.float32
     assert torch.allclose(loss_f, loss_r, rtol=1e-5)
     for name in grads_r:
