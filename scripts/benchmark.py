@@ -271,8 +271,8 @@ def main() -> None:
     parser.add_argument("--bptt", type=int, default=35)
     parser.add_argument("--vocab", type=int, default=None, help="synthetic data with this vocabulary size")
     parser.add_argument("--tied", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument("--tau", type=float, default=1.0)
+    parser.add_argument("--alpha", type=float, default=None, help="the augmented loss's (default: conf/loss's)")
+    parser.add_argument("--tau", type=float, default=None, help="the augmented loss's (default: conf/loss's)")
     parser.add_argument("--steps", type=int, default=90, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -297,9 +297,9 @@ def main() -> None:
 
     output_dir = tempfile.mkdtemp(prefix="benchmark-")  # what the trainers write (CSV logs), removed below
     # The learning rate stays at lr 1 (no decay), as in the plain loop.
+    loss_overrides = [f"loss.{k}={v}" for k, v in (("alpha", args.alpha), ("tau", args.tau)) if v is not None]
     cfg = {"ce": project_config(args, f"{output_dir}/ce", "loss=ce", "lr_schedule=none"),
-           "al": project_config(args, f"{output_dir}/al", "loss=augmented", f"loss.alpha={args.alpha}",
-                                f"loss.tau={args.tau}", "lr_schedule=none")}
+           "al": project_config(args, f"{output_dir}/al", "loss=augmented", *loss_overrides, "lr_schedule=none")}
     # The paper's state dropout (lm.lstm.masked_lstm) runs nn.LSTM's kernel on an input widened by one
     # column per sequence; beside it, the same model without it: what the mask costs.
     state_dropout = cfg["ce"].model.dropout_state > 0
@@ -350,7 +350,8 @@ def main() -> None:
     if not state_dropout:
         del out["lightning_ce_nn_lstm_tokens_per_s"], out["state_dropout_over_nn_lstm"]
     print(f"{' '.join([args.size, *args.overrides])}, {'tied' if args.tied else 'untied'}, batch {args.batch} x "
-          f"BPTT {args.bptt}, {source}, {args.device}, {torch.get_num_threads()} threads, {allocator}, "
+          f"BPTT {args.bptt}, augmented loss at alpha {cfg['al'].loss.alpha} and tau {cfg['al'].loss.tau}, "
+          f"{source}, {args.device}, {torch.get_num_threads()} threads, {allocator}, "
           f"median of {args.steps} steps after {args.warmup} warm-up steps, variants taking turns step by step")
     for k, v in out.items():
         print(f"  {k:34s} {'n/a (needs CUDA or Linux /proc)' if v is None else f'{v:,.3f}'}")
