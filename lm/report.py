@@ -35,6 +35,7 @@ class Run:
     val_curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, val/ppl)
     # "key=value" where the run's config differs from what its preset composes today; None: not known
     preset_diff: tuple[str, ...] | None = None
+    seed: int | None = None  # from its Hydra config, else its overrides; None: not known (the default)
 
     @property
     def finished(self) -> bool:
@@ -86,7 +87,19 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
         elif curve and (folder / ".hydra" / "config.yaml").is_file():
             runs.append(Run(folder, _unfinished_metrics(folder, curve), curve))
     _add_preset_diffs(runs)
+    for run in runs:
+        run.seed = _seed(run)
     return runs
+
+
+def _seed(run: Run) -> int | None:
+    config = run.path / ".hydra" / "config.yaml"
+    if config.is_file():
+        from omegaconf import OmegaConf
+
+        return OmegaConf.load(config).get("seed")
+    given = [o.partition("=")[2] for o in run.metrics.get("overrides") or [] if o.partition("=")[0] == "seed"]
+    return int(given[-1]) if given else None
 
 
 # Keys that say where a run reads and writes, what it logs or when it saves and stops (callbacks), not
@@ -236,7 +249,8 @@ def markdown_table(runs: list[Run]) -> str:
 
 def repeat_groups(runs: list[Run]) -> list[list[Run]]:
     """Finished runs that differ in nothing but their seed (same size, variant, alpha and settings), in
-    groups of two or more: how far such runs spread says which differences in the table are noise."""
+    groups of two or more: how far such runs spread says which differences in the table are noise. A
+    rerun with the same seed belongs too: it differs from the first in float rounding alone."""
     groups = defaultdict(list)
     for r in runs:
         if r.tested:
@@ -250,7 +264,7 @@ def repeats_table(runs: list[Run]) -> str:
     if not groups:
         return ""
     lines = [
-        "| variant | size | stage | alpha | settings (apart from the seed) | runs | best val/ppl: mean (min to max) | "
+        "| variant | size | stage | alpha | settings (apart from the seed) | seeds | best val/ppl: mean (min to max) | "
         "test/ppl: mean (min to max) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -262,7 +276,8 @@ def repeats_table(runs: list[Run]) -> str:
             cells.append(f"{format_number(sum(values) / len(values), 2)} ({format_number(min(values), 2)} to {format_number(max(values), 2)})")
         settings = " ".join(f"`{o}`" for o in _settings(first, ("seed",))) or "-"
         alpha = "-" if first.alpha is None else first.alpha
-        lines.append(f"| {first.variant} | {first.size} | {first.stage} | {alpha} | {settings} | {len(group)} | "
+        seeds = ", ".join("default" if r.seed is None else str(r.seed) for r in group)  # a seed twice: a rerun
+        lines.append(f"| {first.variant} | {first.size} | {first.stage} | {alpha} | {settings} | {seeds} | "
                      f"{cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
@@ -378,10 +393,10 @@ REPORT_BLOCK = re.compile(r"(<!-- report: (?P<paths>[^>]*?) -->\n)(?P<table>.*?)
 
 
 def report_tables(runs: list[Run]) -> str:
-    """The table of ``runs`` and, below it, the spread of those that differ only in their seed."""
+    """The table of ``runs`` and, below it, the spread of those whose settings differ at most in the seed."""
     table = markdown_table(runs)
     repeats = repeats_table(runs)
-    return table + ("\nRuns that differ only in their seed, together:\n\n" + repeats if repeats else "")
+    return table + ("\nRuns with the same settings apart from the seed, together:\n\n" + repeats if repeats else "")
 
 
 def render_report_blocks(text: str) -> str:

@@ -3,7 +3,7 @@ Runs still training, or stopped to be resumed, appear with the epochs they have 
 
     python scripts/report.py logs/reproduce/small [logs/multiruns/...] --out reports/small
     python scripts/report.py --sync README.md docs/results.md   # regenerate the tables of committed records
-writes <out>/table.md (below it the mean and range of runs that differ only in their seed),
+writes <out>/table.md (below it the mean, range and seeds of runs with the same settings apart from the seed),
 <out>/val_curves.png and, for runs that differ in alpha, <out>/alpha.png (the PNGs need matplotlib:
 pip install -e ".[report]"). For each hyper-parameter study among them (`-m hparams_search=...`):
 <out>/study_<folder>.md with its trials and a .png of the objective against every searched value.
