@@ -35,7 +35,7 @@ class Run:
     val_curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, val/ppl)
     # "key=value" where the run's config differs from what its preset composes today; None: not known
     preset_diff: tuple[str, ...] | None = None
-    seed: int | None = None  # from its Hydra config, else its overrides; None: not known (the default)
+    seed: int | str | None = None  # from its Hydra config, else its overrides (as written); None: not known
 
     @property
     def finished(self) -> bool:
@@ -92,14 +92,16 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     return runs
 
 
-def _seed(run: Run) -> int | None:
+def _seed(run: Run) -> int | str | None:
+    """The run's seed, only for display: an override is kept as written, so a hand-edited record cannot
+    stop the report."""
     config = run.path / ".hydra" / "config.yaml"
     if config.is_file():
         from omegaconf import OmegaConf
 
         return OmegaConf.load(config).get("seed")
     given = [o.partition("=")[2] for o in run.metrics.get("overrides") or [] if o.partition("=")[0] == "seed"]
-    return int(given[-1]) if given else None
+    return given[-1] if given else None
 
 
 # Keys that say where a run reads and writes, what it logs or when it saves and stops (callbacks), not
