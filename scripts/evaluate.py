@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from lm.allocator import keep_freed_memory
 from lm.build import build_datamodule, build_task, build_trainer, close_distributed
-from lm.checkpoint import adopt_model_config, check_compatible, load_checkpoint
+from lm.checkpoint import adopt_model_config, check_compatible, load_checkpoint, model_state
 from lm.cli import report_user_errors
 from lm.errors import ConfigError
 
@@ -32,9 +32,12 @@ def main(cfg: DictConfig) -> None:
     datamodule = build_datamodule(cfg)
     task = build_task(cfg, datamodule.vocab, from_checkpoint=True)
     check_compatible(checkpoint, cfg.ckpt_path, task.model, datamodule.vocab.itos)
+    # The weights from the checkpoint read above: ckpt_path= in validate and test would read the file twice
+    # more and restore the training state (optimizer, callbacks), which an evaluation does not use.
+    task.model.load_state_dict(model_state(checkpoint))
     trainer = build_trainer(cfg, with_callbacks=False, with_logger=False)
-    val = trainer.validate(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
-    test = trainer.test(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
+    val = trainer.validate(task, datamodule=datamodule, verbose=False)
+    test = trainer.test(task, datamodule=datamodule, verbose=False)
     if trainer.is_global_zero:
         print(json.dumps({"ckpt_path": str(cfg.ckpt_path), "val/ppl": val[0]["val/ppl"], "test/ppl": test[0]["test/ppl"]}))
     close_distributed()
