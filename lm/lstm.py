@@ -34,7 +34,8 @@ def masked_lstm(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, keep: torch.T
     onehot[:-1] = torch.eye(b, dtype=x.dtype, device=x.device)
     out, h_last, c_last = torch.lstm(torch.cat((x, onehot), dim=2), ((h * keep)[None], c[None]),
                                      [torch.cat((w_ih, shut), dim=1), w_hh * scale, b_ih, b_hh],
-                                     True, 1, 0.0, True, False, False)  # biases, layers, dropout, train, bidir, batch_first
+                                     # biases, layers, dropout, train, bidirectional, batch_first
+                                     True, 1, 0.0, True, False, False)
     # Before the last step the dropped units' h_t are already 0; at the last step they are not. One multiply
     # by the mask zeroes them and scales the kept units at every step.
     return out * (keep * scale), h_last[0], c_last[0]

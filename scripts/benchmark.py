@@ -9,6 +9,10 @@ backward, gradient clipping, SGD update (and, for Lightning, its hooks, logging 
 The variants take turns step by step (``Turns``), so the ratios compare steps run moments apart.
 Times are per step, median over the timed steps after warm-up; tokens/s = batch x BPTT / median
 step time. Peak memory is measured separately, one variant after another (``cpu_peaks``).
+
+With the paper's state dropout (``model.dropout_state`` > 0, the small preset's), the same model runs
+through nn.LSTM beside it, and the model's first LSTM layer is also timed alone (``layer_loop``): the
+state-dropout layer, and nn.LSTM on the input that layer widens, each against nn.LSTM as it is.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from lm.cli import report_user_errors
 from lm.build import build_task, build_trainer, model_config
 from lm.data import BPTTWindows, CorpusDataModule, Vocabulary, WindowLoader, batchify
 from lm.errors import ConfigError
+from lm.lstm import masked_lstm
 from lm.model import LSTMLanguageModel, detach_hidden
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,6 +160,28 @@ def lightning_loop(args, cfg, data, vocab: Vocabulary, device, tick: Callable[[]
     trainer = build_trainer(cfg)
     trainer.callbacks.append(_Tick(tick, device))
     trainer.fit(task, train_dataloaders=WindowLoader(data, pin_memory=device.type == "cuda"))
+
+
+def layer_loop(args, cfg, device, kind: str, tick: Callable[[], None]) -> None:
+    """The model's first LSTM layer alone, forward and backward (upstream: a fixed random gradient), on
+    random inputs: ``nn_lstm`` nn.LSTM as it is; ``widened`` nn.LSTM on an input with one more feature per
+    sequence, as the state-dropout layer widens it (the kernel's share of what the mask costs);
+    ``state_dropout`` lm.lstm.masked_lstm with a new mask each step."""
+    torch.manual_seed(0)
+    d, n, b, p = cfg.model.emb_size, cfg.model.hidden_size, args.batch, cfg.model.dropout_state
+    lstm = torch.nn.LSTM(d + (b if kind == "widened" else 0), n).to(device)
+    x = torch.randn(args.bptt, b, lstm.input_size, device=device, requires_grad=True)
+    h = c = torch.zeros(b, n, device=device)
+    upstream = torch.randn(args.bptt, b, n, device=device)
+    for _ in range(args.warmup + args.steps):
+        if kind == "state_dropout":
+            keep = torch.empty(b, n, device=device).bernoulli_(1.0 - p)
+            out = masked_lstm(x, h, c, keep, p, *lstm.parameters())[0]
+        else:
+            out = lstm(x, (h[None], c[None]))[0]
+        out.backward(upstream)
+        sync(device)
+        tick()
 
 
 def eval_loop(args, cfg, data, vocab, device, tick: Callable[[], None]) -> None:
@@ -307,7 +334,8 @@ def main() -> None:
         cfg["nn_lstm"] = project_config(args, f"{output_dir}/nn_lstm", "loss=ce", "lr_schedule=none",
                                         "model.dropout_state=0")
 
-    def variants(with_eval: bool) -> dict[str, Callable]:
+    def variants(timing: bool) -> dict[str, Callable]:
+        """The training loops; with ``timing``, also evaluation and (state dropout) the layer alone."""
         loops = {
             "plain_ce": lambda tick: plain_loop(args, cfg["ce"], data, len(vocab), device, tick),
             "lightning_ce": lambda tick: lightning_loop(args, cfg["ce"], data, vocab, device, tick),
@@ -315,16 +343,19 @@ def main() -> None:
         }
         if state_dropout:
             loops["lightning_ce_nn_lstm"] = lambda tick: lightning_loop(args, cfg["nn_lstm"], data, vocab, device, tick)
-        if with_eval:
+        if timing:
             loops["eval"] = lambda tick: eval_loop(args, cfg["ce"], data, len(vocab), device, tick)
+        if timing and state_dropout:
+            for kind in ("nn_lstm", "widened", "state_dropout"):
+                loops[f"layer_{kind}"] = lambda tick, kind=kind: layer_loop(args, cfg["ce"], device, kind, tick)
         return loops
 
     try:
         if args.memory_only:
-            print(json.dumps(sequential_peaks(args, variants(with_eval=False), device)))
+            print(json.dumps(sequential_peaks(args, variants(timing=False), device)))
             return
-        times = Turns(args.warmup).run(variants(with_eval=True), args.warmup + args.steps)
-        peak = cpu_peaks(args) if device.type == "cpu" else sequential_peaks(args, variants(with_eval=False), device)
+        times = Turns(args.warmup).run(variants(timing=True), args.warmup + args.steps)
+        peak = cpu_peaks(args) if device.type == "cpu" else sequential_peaks(args, variants(timing=False), device)
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
     rate = {k: tokens / statistics.median(t) for k, t in times.items()}
@@ -333,9 +364,15 @@ def main() -> None:
         "lightning_ce_tokens_per_s": rate["lightning_ce"],
         "lightning_al_tokens_per_s": rate["lightning_al"],
         "eval_tokens_per_s": rate["eval"],
-        # nn.LSTM without the mask (model.dropout_state=0); absent when the preset has no state dropout
-        "lightning_ce_nn_lstm_tokens_per_s": rate.get("lightning_ce_nn_lstm"),
-        "state_dropout_over_nn_lstm": rate["lightning_ce"] / rate["lightning_ce_nn_lstm"] if state_dropout else None,
+    }
+    if state_dropout:  # the model through nn.LSTM without the mask (model.dropout_state=0), and the layer alone
+        out |= {
+            "lightning_ce_nn_lstm_tokens_per_s": rate["lightning_ce_nn_lstm"],
+            "state_dropout_over_nn_lstm": rate["lightning_ce"] / rate["lightning_ce_nn_lstm"],
+            "layer_state_dropout_over_nn_lstm": rate["layer_state_dropout"] / rate["layer_nn_lstm"],
+            "layer_widened_over_nn_lstm": rate["layer_widened"] / rate["layer_nn_lstm"],
+        }
+    out |= {
         "al_over_ce": rate["lightning_al"] / rate["lightning_ce"],
         "lightning_over_plain": rate["lightning_ce"] / rate["plain_ce"],
         "peak_mb_plain": peak.get("plain_ce"),
@@ -347,8 +384,6 @@ def main() -> None:
             epochs = compose(config_name="train", overrides=[f"size={args.size}", *args.overrides]).trainer.max_epochs
         epoch_s = data.streams[1:].numel() / rate["lightning_al"] + valid_tokens / rate["eval"]
         out["projected_al_run_hours"] = epochs * epoch_s / 3600
-    if not state_dropout:
-        del out["lightning_ce_nn_lstm_tokens_per_s"], out["state_dropout_over_nn_lstm"]
     print(f"{' '.join([args.size, *args.overrides])}, {'tied' if args.tied else 'untied'}, batch {args.batch} x "
           f"BPTT {args.bptt}, augmented loss at alpha {cfg['al'].loss.alpha} and tau {cfg['al'].loss.tau}, "
           f"{source}, {args.device}, {torch.get_num_threads()} threads, {allocator}, "
