@@ -322,8 +322,8 @@ def test_state_dropout_with_a_mask_of_ones_is_nn_lstm():
     torch.testing.assert_close(hidden_a, hidden_b, rtol=1e-5, atol=1e-6)
 
 
-# A one-step window: the last step is fed by the carried state. A batch wider than the layer: the mask's
-# input columns (one per sequence) outnumber the units.
+# A one-step window: its one step is the last, which nothing shuts, fed by the carried state. A batch wider
+# than the layer: the mask's input columns (one per sequence) outnumber the units.
 @pytest.mark.parametrize("steps, batch", [(7, 4), (1, 4), (5, 24)])
 def test_state_dropout_outputs_and_gradients_match_a_step_by_step_reference(steps, batch):
     torch.manual_seed(6)
