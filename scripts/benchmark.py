@@ -42,7 +42,6 @@ from lm.cli import report_user_errors
 from lm.build import build_task, build_trainer, model_config
 from lm.data import BPTTWindows, CorpusDataModule, Vocabulary, WindowLoader, batchify
 from lm.errors import ConfigError
-from lm.lstm import masked_lstm
 from lm.model import LSTMLanguageModel, detach_hidden
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,19 +165,16 @@ def layer_loop(args, cfg, device, kind: str, tick: Callable[[], None]) -> None:
     """The model's first LSTM layer alone, forward and backward (upstream: a fixed random gradient), on
     random inputs: ``nn_lstm`` nn.LSTM as it is; ``widened`` nn.LSTM on an input with one more feature per
     sequence, as the state-dropout layer widens it (the kernel's share of what the mask costs);
-    ``state_dropout`` lm.lstm.masked_lstm with a new mask each step."""
-    torch.manual_seed(0)
-    d, n, b, p = cfg.model.emb_size, cfg.model.hidden_size, args.batch, cfg.model.dropout_state
-    lstm = torch.nn.LSTM(d + (b if kind == "widened" else 0), n).to(device)
-    x = torch.randn(args.bptt, b, lstm.input_size, device=device, requires_grad=True)
-    h = c = torch.zeros(b, n, device=device)
-    upstream = torch.randn(args.bptt, b, n, device=device)
+    ``state_dropout`` the model's own state-dropout layer (``run_layer``), a new mask each step."""
+    model = make_model(cfg, 2, device).train()  # two words: only the first layer runs
+    lstm = model.lstms[0]
+    if kind == "widened":
+        lstm = torch.nn.LSTM(lstm.input_size + args.batch, lstm.hidden_size).to(device)
+    x = torch.randn(args.bptt, args.batch, lstm.input_size, device=device, requires_grad=True)
+    state = model.init_hidden(args.batch)[0]
+    upstream = torch.randn(args.bptt, args.batch, lstm.hidden_size, device=device)
     for _ in range(args.warmup + args.steps):
-        if kind == "state_dropout":
-            keep = torch.empty(b, n, device=device).bernoulli_(1.0 - p)
-            out = masked_lstm(x, h, c, keep, p, *lstm.parameters())[0]
-        else:
-            out = lstm(x, (h[None], c[None]))[0]
+        out = model.run_layer(lstm, x, state)[0] if kind == "state_dropout" else lstm(x, state)[0]
         out.backward(upstream)
         sync(device)
         tick()
