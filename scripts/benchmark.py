@@ -12,7 +12,8 @@ step time. Peak memory is measured separately, one variant after another (``cpu_
 
 With the paper's state dropout (``model.dropout_state`` > 0, the small preset's), the same model runs
 through nn.LSTM beside it, and the model's first LSTM layer is also timed alone (``layer_loop``): the
-state-dropout layer, and nn.LSTM on the input that layer widens, each against nn.LSTM as it is.
+state-dropout layer, nn.LSTM on the input that layer widens, and the matrix products alone that a layer
+written step by step must run (``layer_products``), each against nn.LSTM as it is.
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ def layer_loop(args, cfg, device, kind: str, tick: Callable[[], None]) -> None:
     """The model's first LSTM layer alone, forward and backward (upstream: a fixed random gradient), on
     random inputs: ``nn_lstm`` nn.LSTM as it is; ``widened`` nn.LSTM on an input with one more feature per
     sequence, as the state-dropout layer widens it (the kernel's share of what the mask costs);
-    ``state_dropout`` the model's own state-dropout layer (``run_layer``), a new mask each step."""
+    ``state_dropout`` the model's own state-dropout layer (``run_layer``), a new mask each step;
+    ``products`` only the matrix products of ``layer_products``."""
     model = make_model(cfg, 2, device).train()  # two words: only the first layer runs
     lstm = model.lstms[0]
     if kind == "widened":
@@ -173,11 +175,42 @@ def layer_loop(args, cfg, device, kind: str, tick: Callable[[], None]) -> None:
     x = torch.randn(args.bptt, args.batch, lstm.input_size, device=device, requires_grad=True)
     state = model.init_hidden(args.batch)[0]
     upstream = torch.randn(args.bptt, args.batch, lstm.hidden_size, device=device)
+    products = layer_products(lstm, x) if kind == "products" else None
     for _ in range(args.warmup + args.steps):
-        out = model.run_layer(lstm, x, state)[0] if kind == "state_dropout" else lstm(x, state)[0]
-        out.backward(upstream)
+        if products is not None:
+            products()
+        else:
+            out = model.run_layer(lstm, x, state)[0] if kind == "state_dropout" else lstm(x, state)[0]
+            out.backward(upstream)
         sync(device)
         tick()
+
+
+def layer_products(lstm: torch.nn.LSTM, x: torch.Tensor) -> Callable[[], None]:
+    """A function that runs the matrix products that an LSTM layer written step by step needs for one
+    forward and backward pass over the window x (T, B, d), and nothing else: the input products of all
+    steps as one, one recurrent product per step each way, and the gradients of W_ih, W_hh and x as one
+    product each over all steps. Their time is a floor for any such layer, whatever it computes between
+    them (the gates, the mask), so ``layer_products_over_nn_lstm`` bounds what a kernel of the project's
+    own could reach. Values do not change the time: random ones stand in for the states and gradients."""
+    steps, b, d = x.shape
+    w_ih, w_hh, bias = (p.detach() for p in (lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0))
+    flat = x.detach().reshape(steps * b, d)
+    h = torch.randn(steps, b, lstm.hidden_size, device=x.device)  # the state each step reads
+    grad_gates = torch.randn(steps, b, 4 * lstm.hidden_size, device=x.device)
+
+    def run() -> None:
+        gates = torch.addmm(bias, flat, w_ih.t()).view(steps, b, -1)
+        for t in range(steps):
+            torch.addmm(gates[t], h[t], w_hh.t())
+        for t in range(steps - 1, 0, -1):  # the carried-in state takes no gradient
+            torch.mm(grad_gates[t], w_hh)
+        grad = grad_gates.view(steps * b, -1)
+        torch.mm(grad.t(), flat)  # W_ih's gradient
+        torch.mm(grad.t(), h.view(steps * b, -1))  # W_hh's
+        torch.mm(grad, w_ih)  # x's
+
+    return run
 
 
 def eval_loop(args, cfg, data, vocab, device, tick: Callable[[], None]) -> None:
@@ -342,7 +375,7 @@ def main() -> None:
         if timing:
             loops["eval"] = lambda tick: eval_loop(args, cfg["ce"], data, len(vocab), device, tick)
         if timing and state_dropout:
-            for kind in ("nn_lstm", "widened", "state_dropout"):
+            for kind in ("nn_lstm", "widened", "state_dropout", "products"):
                 loops[f"layer_{kind}"] = lambda tick, kind=kind: layer_loop(args, cfg["ce"], device, kind, tick)
         return loops
 
@@ -367,6 +400,7 @@ def main() -> None:
             "state_dropout_over_nn_lstm": rate["lightning_ce"] / rate["lightning_ce_nn_lstm"],
             "layer_state_dropout_over_nn_lstm": rate["layer_state_dropout"] / rate["layer_nn_lstm"],
             "layer_widened_over_nn_lstm": rate["layer_widened"] / rate["layer_nn_lstm"],
+            "layer_products_over_nn_lstm": rate["layer_products"] / rate["layer_nn_lstm"],
         }
     out |= {
         "al_over_ce": rate["lightning_al"] / rate["lightning_ce"],

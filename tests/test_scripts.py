@@ -95,7 +95,8 @@ def test_benchmark_prints_its_json_record(tmp_path):
         record["lightning_al_tokens_per_s"] / record["lightning_ce_tokens_per_s"])
     assert record["state_dropout_over_nn_lstm"] == pytest.approx(
         record["lightning_ce_tokens_per_s"] / record["lightning_ce_nn_lstm_tokens_per_s"])
-    assert 0 < record["layer_widened_over_nn_lstm"] and 0 < record["layer_state_dropout_over_nn_lstm"]
+    for key in ("layer_widened_over_nn_lstm", "layer_state_dropout_over_nn_lstm", "layer_products_over_nn_lstm"):
+        assert record[key] > 0, key
     assert {"peak_mb_plain", "peak_mb_ce", "peak_mb_al"} <= set(record)
     # Without state dropout there is nothing to set beside nn.LSTM.
     result = run_script("benchmark.py", "--vocab", "50", "--steps", "2", "--warmup", "1", "--batch", "4", "--json",
