@@ -190,9 +190,10 @@ def layer_products(lstm: torch.nn.LSTM, x: torch.Tensor) -> Callable[[], None]:
     """A function that runs the matrix products that an LSTM layer written step by step needs for one
     forward and backward pass over the window x (T, B, d), and nothing else: the input products of all
     steps as one, one recurrent product per step each way, and the gradients of W_ih, W_hh and x as one
-    product each over all steps. Their time is a floor for any such layer, whatever it computes between
-    them (the gates, the mask), so ``layer_products_over_nn_lstm`` bounds what a kernel of the project's
-    own could reach. Values do not change the time: random ones stand in for the states and gradients."""
+    product each over all steps. Their time is a floor for any such layer on torch's matrix products,
+    whatever it computes between them (the gates, the mask), so ``layer_products_over_nn_lstm`` bounds what
+    a kernel of the project's own could reach. Values do not change the time: random ones stand in for the
+    states and gradients."""
     steps, b, d = x.shape
     w_ih, w_hh, bias = (p.detach() for p in (lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0))
     flat = x.detach().reshape(steps * b, d)
