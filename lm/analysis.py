@@ -192,11 +192,11 @@ def pull_sums(logits: torch.Tensor, targets: torch.Tensor, classifier: torch.Ten
     z = logits.float()
     w = classifier.float()
     emb = target_embedding.float()
-    ce = (torch.softmax(z, dim=-1) - F.one_hot(targets, z.size(1)).float()) @ w
+    ce = torch.softmax(z, dim=-1) @ w - w[targets]  # onehot(y*) W is W's row y*
     pred = torch.softmax((z if bias is None else z - bias.float()) / tau, dim=-1)
-    words, inverse = targets.unique(return_inverse=True)  # y~ once per distinct target word, as the loss forms it
-    target = torch.softmax(emb[words] @ emb.t() / tau, dim=-1)[inverse]
-    aug = alpha * (pred - target) @ w
+    words, inverse = targets.unique(return_inverse=True)  # y~ W once per distinct target word
+    target = torch.softmax(emb[words] @ emb.t() / tau, dim=-1) @ w
+    aug = alpha * (pred @ w - target[inverse])
     return torch.stack([aug.pow(2).sum(), ce.pow(2).sum(), (aug * ce).sum()]).double()
 
 

@@ -31,8 +31,8 @@ class PaperDiagnostics(pl.Callback):
     the vocabulary the same way for every w). ``pull/ratio`` and ``pull/cosine`` (augmented loss): how hard
     the augmented term at the alpha and tau in force pulls on the top LSTM layer's output against
     cross-entropy, over the tokens of every ``pull_every``-th validation window (``lm.analysis.pull_sums``,
-    which costs about what the window's forward pass does; from the current L, also under
-    ``loss.target_refresh``).
+    which costs about three of the window's float32 forward passes: four vocabulary-sized products; from
+    the current L, also under ``loss.target_refresh``).
     """
 
     def __init__(self, pull_every: int = 10):
