@@ -195,8 +195,8 @@ def pull_sums(logits: torch.Tensor, targets: torch.Tensor, classifier: torch.Ten
     ce = torch.softmax(z, dim=-1) @ w - w[targets]  # onehot(y*) W is W's row y*
     pred = torch.softmax((z if bias is None else z - bias.float()) / tau, dim=-1)
     words, inverse = targets.unique(return_inverse=True)  # y~ W once per distinct target word
-    target = torch.softmax(emb[words] @ emb.t() / tau, dim=-1) @ w
-    aug = alpha * (pred @ w - target[inverse])
+    target_w = torch.softmax(emb[words] @ emb.t() / tau, dim=-1) @ w  # (U, d)
+    aug = alpha * (pred @ w - target_w[inverse])
     return torch.stack([aug.pow(2).sum(), ce.pow(2).sum(), (aug * ce).sum()]).double()
 
 
