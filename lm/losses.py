@@ -29,14 +29,19 @@ COMPILE_MIN_VOCAB = 2048  # compile="auto": below this the (N, V) passes are too
 
 
 class LossOutput(NamedTuple):
-    total: torch.Tensor  # what is minimised
+    total: torch.Tensor  # what is minimised, per token (training multiplies it by grad_scale)
     ce: torch.Tensor  # mean cross-entropy per token (perplexity = exp(ce))
     kl: torch.Tensor  # mean KL(y~ || y^) per token; 0 for plain cross-entropy
 
 
 class Loss(nn.Module):
     """What the task calls: ``forward`` as below, and the state a loss carries from step to step, which a
-    checkpoint keeps for an exact resume (lm/resume.py); none by default."""
+    checkpoint keeps for an exact resume (lm/resume.py); none by default.
+
+    ``grad_scale``, an argument of every call, is the factor the caller multiplies ``total`` by before
+    backward (the window length under ``optim.sum_over_time``). It changes no value: a loss may use it to
+    form its gradient ready-scaled.
+    """
 
     def carried_state(self) -> dict[str, torch.Tensor]:
         return {}
@@ -47,7 +52,7 @@ class Loss(nn.Module):
 
 class CrossEntropyLoss(Loss):
     def forward(self, logits, targets, embedding, alpha: float = 0.0, tau: float = 1.0, step: int = 0,
-                bias: torch.Tensor | None = None) -> LossOutput:
+                bias: torch.Tensor | None = None, grad_scale: float = 1.0) -> LossOutput:
         """Only ``logits`` and ``targets`` are used: the signature is the augmented loss's."""
         ce = F.cross_entropy(logits.float(), targets)
         return LossOutput(ce, ce, torch.zeros_like(ce))
@@ -100,7 +105,7 @@ class AugmentedLoss(Loss):
         return embedding - embedding.mean(0) if self.centre_target else embedding
 
     def forward(self, logits, targets, embedding, alpha: float, tau: float, step: int = 0,
-                bias: torch.Tensor | None = None) -> LossOutput:
+                bias: torch.Tensor | None = None, grad_scale: float = 1.0) -> LossOutput:
         if self.target_refresh > 1:
             if self.target_snapshot is None or step % self.target_refresh == 0:
                 self.target_snapshot = embedding.detach().clone()
@@ -108,26 +113,29 @@ class AugmentedLoss(Loss):
         compiled = self.compile is True or (self.compile == "auto" and logits.size(-1) >= COMPILE_MIN_VOCAB)
         return augmented_loss(logits, targets, embedding, alpha, tau, target_grad=self.target_grad,
                               centre_target=self.centre_target, bias=None if self.pred_bias else bias,
-                              chunk_elements=self.chunk_elements, kernels=self.kernels if compiled else None)
+                              chunk_elements=self.chunk_elements, kernels=self.kernels if compiled else None,
+                              grad_scale=grad_scale)
 
 
 def augmented_loss(logits, targets, embedding, alpha: float, tau: float, target_grad: bool = False,
                    centre_target: bool = False, bias: torch.Tensor | None = None, chunk_elements: int = 1 << 23,
-                   kernels: Kernels | None = None) -> LossOutput:
+                   kernels: Kernels | None = None, grad_scale: float = 1.0) -> LossOutput:
     """The augmented loss with its gradient in closed form; ``bias``, when given, is taken out of ``y^``.
 
     Autograd through softmax, log-softmax and KL would keep several (N, V) intermediates alive and
     compute each twice. Instead the forward pass computes the loss and, row chunk by row chunk
     (at most ``chunk_elements`` elements per temporary), the gradient with respect to the logits,
-    ``(softmax(z) - onehot(y*) + alpha * (y^ - y~)) / N``, which backward only scales. ``y~`` is formed
-    once per distinct target word in the batch, not once per token.
+    ``(softmax(z) - onehot(y*) + alpha * (y^ - y~)) * grad_scale / N``, in bfloat16 when the logits are
+    (float32 otherwise). Backward hands it on as it is when the upstream gradient is ``grad_scale``, as in
+    training, and otherwise multiplies it by their ratio: no pass over (N, V) in training, and one rounding
+    to bfloat16. ``y~`` is formed once per distinct target word in the batch, not once per token.
 
     ``kernels`` (a ``Kernels``) runs the same two functions through ``torch.compile``, which fuses each
     chunk's work into about two passes over it; where compiling fails (no C++ compiler, no Triton) it
     warns once and runs them eagerly.
     """
     return LossOutput(*_FusedAugmentedLoss.apply(logits, targets, embedding, bias, alpha, tau, target_grad,
-                                                 centre_target, chunk_elements, kernels))
+                                                 centre_target, chunk_elements, kernels, grad_scale))
 
 
 def _target_logits(rows: torch.Tensor, emb: torch.Tensor, tau,
@@ -139,9 +147,11 @@ def _target_logits(rows: torch.Tensor, emb: torch.Tensor, tau,
     return logits, torch.logsumexp(logits, dim=-1)
 
 
-def _chunk_terms(z, y, u, target_logits, target_lse, alpha, tau, inv_n, bias, pred_is_p: bool, want_log_pred: bool):
-    """For a chunk of rows: sum of CE, sum of KL(y~ || y^), the gradient of the mean total loss w.r.t. z,
-    the bias's own gradient through y^ (None without ``bias``) and log y^ (None unless ``want_log_pred``).
+def _chunk_terms(z, y, u, target_logits, target_lse, alpha, tau, unit, bias, pred_is_p: bool, want_log_pred: bool,
+                 grad_dtype: torch.dtype):
+    """For a chunk of rows: sum of CE, sum of KL(y~ || y^), the gradient w.r.t. z of the total loss with
+    each token weighing ``unit`` (grad_scale / N), in ``grad_dtype``, the bias's own gradient through y^
+    (None without ``bias``) and log y^ (None unless ``want_log_pred``).
     ``pred_is_p``: tau = 1 and no bias to take out, so y^ = softmax(z). z comes in its own dtype and is read
     as float32 here, so that the cast is fused into the pass. No in-place ops: torch.compile fuses it."""
     z = z.float()
@@ -159,8 +169,9 @@ def _chunk_terms(z, y, u, target_logits, target_lse, alpha, tau, inv_n, bias, pr
     kl_sum = (target * (log_target - log_pred)).sum()
     onehot = (torch.arange(z.size(1), device=z.device) == y[:, None]).to(z.dtype)
     pull = alpha * (pred - target)  # (C, V): the augmented term's gradient w.r.t. z
-    bias_grad = None if bias is None else -pull.sum(0) * inv_n
-    return ce_sum, kl_sum, (p + pull - onehot) * inv_n, bias_grad, log_pred if want_log_pred else None
+    bias_grad = None if bias is None else -pull.sum(0) * unit
+    grad = ((p + pull - onehot) * unit).to(grad_dtype)
+    return ce_sum, kl_sum, grad, bias_grad, log_pred if want_log_pred else None
 
 
 class _Compiled:
@@ -193,15 +204,16 @@ class Kernels:
         self.chunk_terms = _Compiled(_chunk_terms)
 
 
-def _target_gradient(target_logits, target_lse, log_pred_sum, inverse, words, rows, emb, alpha, tau, n):
-    """d(alpha tau KL / N) / dL through y~ (``target_grad``): with S = rows L^T / tau and, per distinct
-    word, its row count and the sum of its rows' log y^, dKL/dS = y~ * (count log y~ - sum log y^ -
-    (count sum y~ log y~ - <y~, sum log y^>)); then through both sides of S."""
+def _target_gradient(target_logits, target_lse, log_pred_sum, inverse, words, rows, emb, alpha, tau, unit):
+    """d(unit alpha tau KL) / dL through y~ (``target_grad``; KL summed over the tokens, unit = grad_scale / N):
+    with S = rows L^T / tau and, per distinct word, its row count and the sum of its rows' log y^,
+    dKL/dS = y~ * (count log y~ - sum log y^ - (count sum y~ log y~ - <y~, sum log y^>)); then through both
+    sides of S."""
     log_target = target_logits - target_lse[:, None]
     target = log_target.exp()
     count = torch.bincount(inverse, minlength=words.numel()).float()[:, None]
     c = count[:, 0] * (target * log_target).sum(-1) - (target * log_pred_sum).sum(-1)
-    grad_s = target * (count * log_target - log_pred_sum - c[:, None]) * (alpha / n)  # (alpha tau / n) / tau
+    grad_s = target * (count * log_target - log_pred_sum - c[:, None]) * (alpha * unit)  # (alpha tau unit) / tau
     grad_emb = grad_s.t() @ rows  # through the similarity to every word
     return grad_emb.index_add_(0, words, grad_s @ emb)  # through each target word's own row
 
@@ -209,7 +221,7 @@ def _target_gradient(target_logits, target_lse, log_pred_sum, inverse, words, ro
 class _FusedAugmentedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, embedding, bias, alpha, tau, target_grad, centre_target, chunk_elements,
-                kernels):
+                kernels, grad_scale):
         n, v = logits.shape
         target_logits_fn = kernels.target_logits if kernels is not None else _target_logits
         chunk_terms = kernels.chunk_terms if kernels is not None else _chunk_terms
@@ -223,15 +235,18 @@ class _FusedAugmentedLoss(torch.autograd.Function):
             rows = emb[words]  # (U, d)
             # Tensors, not floats: a float would be baked into the compiled code and recompiled for every
             # value an alpha or tau schedule takes. torch.full: a fill on the device, not a host copy.
-            alpha_t, tau_t, inv_n = (torch.full((), x, dtype=torch.float32, device=logits.device)
-                                     for x in (alpha, tau, 1.0 / n))
+            alpha_t, tau_t, unit = (torch.full((), x, dtype=torch.float32, device=logits.device)
+                                    for x in (alpha, tau, grad_scale / n))
             # The similarity's matmul in the logits' dtype where that is a reduced precision (bf16, fp16).
             sim_dtype = logits.dtype if logits.dtype in (torch.bfloat16, torch.float16) else torch.float32
             target_logits, target_lse = target_logits_fn(rows, emb, tau_t, sim_dtype)  # (U, V), (U,)
             shift = None if bias is None else bias.detach().float()
             pred_is_p = tau == 1.0 and shift is None
             chunk = max(1, chunk_elements // v)
-            grad = None if chunk >= n else torch.empty(n, v, dtype=torch.float32, device=logits.device)
+            # bfloat16 has float32's range, so the gradient can take the logits' precision here, in one
+            # rounding; float16 has not (its loss scaler multiplies the upstream gradient instead).
+            grad_dtype = torch.bfloat16 if logits.dtype == torch.bfloat16 else torch.float32
+            grad = None if chunk >= n else torch.empty(n, v, dtype=grad_dtype, device=logits.device)
             grad_bias = None if shift is None else torch.zeros(v, dtype=torch.float32, device=logits.device)
             log_pred_sum = torch.zeros_like(target_logits) if target_grad else None  # sum of log y^ per word
             ce_sum = kl_sum = 0.0
@@ -240,7 +255,7 @@ class _FusedAugmentedLoss(torch.autograd.Function):
                 u = inverse[start:end]
                 ce_part, kl_part, g, bias_part, log_pred = chunk_terms(
                     logits[start:end], targets[start:end], u, target_logits, target_lse, alpha_t, tau_t,
-                    inv_n, shift, pred_is_p, target_grad)
+                    unit, shift, pred_is_p, target_grad, grad_dtype)
                 ce_sum = ce_sum + ce_part
                 kl_sum = kl_sum + kl_part
                 if grad is None:
@@ -254,7 +269,7 @@ class _FusedAugmentedLoss(torch.autograd.Function):
             grad_emb = None
             if target_grad:
                 grad_emb = _target_gradient(target_logits, target_lse, log_pred_sum, inverse, words, rows, emb,
-                                            alpha, tau, n)
+                                            alpha, tau, grad_scale / n)
                 if centre_target:  # y~ saw L less its mean row, which every row of L moves
                     grad_emb -= grad_emb.mean(0)
                 grad_emb = grad_emb.to(embedding.dtype)
@@ -264,6 +279,7 @@ class _FusedAugmentedLoss(torch.autograd.Function):
         ce, kl = ce_sum / n, kl_sum / n
         ctx.save_for_backward(grad, grad_emb, grad_bias)
         ctx.logits_dtype = logits.dtype
+        ctx.grad_scale = grad_scale
         ctx.backward_done = False
         ctx.mark_non_differentiable(ce, kl)
         return ce + alpha * tau * kl, ce, kl
@@ -274,8 +290,11 @@ class _FusedAugmentedLoss(torch.autograd.Function):
             raise RuntimeError("the fused augmented loss supports one backward pass per forward (no retain_graph)")
         ctx.backward_done = True
         grad, grad_emb, grad_bias = ctx.saved_tensors
-        # In place: the buffer is this step's alone, and not allocating a second (N, V) tensor is the point.
-        grad_logits = grad.mul_(grad_total).to(ctx.logits_dtype)
-        grad_embedding = None if grad_emb is None else grad_emb * grad_total
-        grad_b = None if grad_bias is None else grad_bias * grad_total
-        return grad_logits, None, grad_embedding, grad_b, None, None, None, None, None, None
+        ratio = grad_total / ctx.grad_scale  # 1 when the caller multiplied the loss by the grad_scale it gave
+        # Reading the ratio would make an accelerator wait; there the multiply is cheap, and by 1 exact.
+        if ratio.device.type != "cpu" or ratio.item() != 1.0:
+            grad.mul_(ratio)  # in place: the buffer is this step's alone, and not allocating another is the point
+        grad_logits = grad.to(ctx.logits_dtype)
+        grad_embedding = None if grad_emb is None else grad_emb * ratio
+        grad_b = None if grad_bias is None else grad_bias * ratio
+        return grad_logits, None, grad_embedding, grad_b, None, None, None, None, None, None, None

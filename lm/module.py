@@ -138,8 +138,9 @@ class LanguageModelTask(pl.LightningModule):
         logits, hidden = self.model(x, self._state("train", x.size(1)))
         self.hidden["train"] = detach_hidden(hidden)
         alpha, tau = self.current_alpha(batch_idx), self.current_tau(batch_idx)
+        scale = self._objective_scale(x.size(0))
         out = self.loss(logits.view(-1, logits.size(-1)), y.reshape(-1), self.model.embedding.weight, alpha=alpha,
-                        tau=tau, step=self.global_step, bias=self.model.decoder.bias)
+                        tau=tau, step=self.global_step, bias=self.model.decoder.bias, grad_scale=scale)
         if self._logging_step():
             n = y.numel()
             self.log("train/loss", out.total, prog_bar=True, batch_size=n)
@@ -150,9 +151,13 @@ class LanguageModelTask(pl.LightningModule):
                 self.log("tau", tau, batch_size=n)
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         self.windows_done = batch_idx + 1
+        return out.total * scale
+
+    def _objective_scale(self, steps: int) -> float:
+        """What the per-token loss of a window of ``steps`` time steps is multiplied by (``sum_over_time``)."""
         if self.sum_over_time:
-            return out.total * x.size(0)
-        return out.total * (x.size(0) / self.mean_window) if self.mean_window else out.total
+            return float(steps)
+        return steps / self.mean_window if self.mean_window else 1.0
 
     def _logging_step(self) -> bool:
         """Whether Lightning writes step metrics after this step: each ``self.log`` costs about 1 ms on a CPU."""

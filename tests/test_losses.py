@@ -242,17 +242,40 @@ def test_fused_matches_straightforward_under_bf16_autocast(target_grad, compiled
 
 
 @pytest.mark.parametrize("target_grad, compiled", [(False, False), (True, False), (False, True)])
-def test_fused_gradient_scales_with_the_upstream_gradient(target_grad, compiled):
+@pytest.mark.parametrize("grad_scale", [35.0, 1.0, 5.0])  # as training announces it; not announced; announced wrong
+def test_fused_gradient_scales_with_the_upstream_gradient(target_grad, compiled, grad_scale):
     # Training multiplies the loss by the window length (optim.sum_over_time): backward gets 35, not 1.
     alpha, tau, upstream = 0.6, 2.0, 35.0
     fused = AugmentedLoss(target_grad=target_grad, compile=compiled)
-    _, grads_f = _model_grads(lambda z, y, L, b: fused(z, y, L, alpha, tau).total, True, upstream=upstream)
+    _, grads_f = _model_grads(lambda z, y, L, b: fused(z, y, L, alpha, tau, grad_scale=grad_scale).total, True,
+                              upstream=upstream)
     _, grads_r = _model_grads(lambda z, y, L, b: reference_augmented(z, y, L, alpha, tau, target_grad), True,
                               upstream=upstream)
     _, grads_1 = _model_grads(lambda z, y, L, b: reference_augmented(z, y, L, alpha, tau, target_grad), True)
     for name in grads_r:
         assert torch.allclose(grads_f[name], grads_r[name], rtol=1e-5, atol=1e-6), name
         assert not torch.allclose(grads_f[name], grads_1[name], rtol=1e-3), name  # the scale is not lost
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fused_bf16_gradient_is_rounded_once_when_the_upstream_gradient_is_announced(compiled):
+    # Under bf16 the fused loss keeps its logit gradient in bf16. Formed for the upstream factor training
+    # announces (grad_scale), it is the reference's float32 gradient rounded once: every parameter's gradient
+    # is the reference's exactly. Scaled afterwards, it is rounded twice: close, but not the same.
+    alpha, tau, upstream = 0.5, 1.3, 35.0
+    _, grads_r = _model_grads(
+        lambda z, y, L, b: reference_augmented(z, y, L, alpha, tau, False, sim_dtype=torch.bfloat16), True,
+        autocast=True, loss_in_autocast=False, upstream=upstream)
+    grads = {}
+    for grad_scale in (upstream, 1.0):
+        fused = AugmentedLoss(compile=compiled)
+        _, grads[grad_scale] = _model_grads(
+            lambda z, y, L, b: fused(z, y, L, alpha, tau, grad_scale=grad_scale).total, True, autocast=True,
+            upstream=upstream)
+    for name, g in grads_r.items():
+        assert torch.equal(grads[upstream][name], g), name
+        assert (grads[1.0][name] - g).abs().max() <= 0.02 * g.abs().max(), name
+    assert not all(torch.equal(grads[1.0][name], g) for name, g in grads_r.items())
 
 
 def test_compile_auto_compiles_from_the_vocabulary_threshold_and_each_loss_falls_back_on_its_own(monkeypatch,
