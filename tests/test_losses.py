@@ -278,6 +278,31 @@ def test_fused_bf16_gradient_is_rounded_once_when_the_upstream_gradient_is_annou
     assert not all(torch.equal(grads[1.0][name], g) for name, g in grads_r.items())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_multiplies_the_logit_gradient_only_when_the_upstream_gradient_was_not_announced(inputs, dtype):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Writes(TorchDispatchMode):  # the ops that write an (N, V) tensor
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.shape == (N, V):
+                self.ops.append(func.overloadpacket.__name__)
+            return out
+
+    y, L = inputs[1], inputs[2].float()
+    for grad_scale, multiplies in ((35.0, False), (1.0, True)):
+        z = inputs[0].to(dtype).requires_grad_()
+        out = AugmentedLoss(compile=False)(z, y, L, alpha=0.5, tau=2.0, grad_scale=grad_scale)
+        with Writes() as spy:
+            (out.total * 35.0).backward()
+        assert ("mul_" in spy.ops) == multiplies, spy.ops
+        assert z.grad.dtype == dtype
+
+
 def test_compile_auto_compiles_from_the_vocabulary_threshold_and_each_loss_falls_back_on_its_own(monkeypatch,
                                                                                                  caplog):
     import lm.losses as losses

@@ -271,7 +271,8 @@ def test_one_training_step_forces_only_the_allowed_host_syncs(corpus, tmp_path):
     clipping, update, logging) on CPU. Allowed: the augmented loss's torch.unique (y~ once per distinct
     target word), the finite check's read (on a GPU, of the previous step's loss, already computed) and,
     on a CPU only, the augmented loss's backward reading whether its upstream gradient is the one it
-    formed its gradient for (lm/losses.py; on a GPU it multiplies instead)."""
+    formed its gradient for (lm/losses.py; on a GPU it multiplies instead). That backward finds the
+    window length it was told, so it does not multiply the (tokens, vocabulary) logit gradient."""
     from collections import Counter
 
     import pytorch_lightning as pl
@@ -289,8 +290,11 @@ def test_one_training_step_forces_only_the_allowed_host_syncs(corpus, tmp_path):
             self.ops = Counter()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket.__name__ in syncing:
-                self.ops[func.overloadpacket.__name__] += 1
+            name = func.overloadpacket.__name__
+            if name in syncing:
+                self.ops[name] += 1
+            if name == "mul_" and args[0].shape == logit_shape:
+                self.ops["mul_ of the logit gradient"] += 1
             return func(*args, **(kwargs or {}))
 
     class Spy(pl.Callback):
@@ -305,6 +309,7 @@ def test_one_training_step_forces_only_the_allowed_host_syncs(corpus, tmp_path):
     cfg = compose_cfg([*TINY, f"data.data_dir={corpus}", "loss=augmented", "trainer.max_epochs=1",
                        "trainer.limit_train_batches=5", "trainer.limit_val_batches=1"], tmp_path)
     dm = build_datamodule(cfg)
+    logit_shape = (cfg.data.bptt * cfg.data.batch_size, len(dm.vocab))
     task = build_task(cfg, dm.vocab)
     trainer = build_trainer(cfg, with_logger=False)
     spy = Spy()
