@@ -126,9 +126,11 @@ def augmented_loss(logits, targets, embedding, alpha: float, tau: float, target_
     compute each twice. Instead the forward pass computes the loss and, row chunk by row chunk
     (at most ``chunk_elements`` elements per temporary), the gradient with respect to the logits,
     ``(softmax(z) - onehot(y*) + alpha * (y^ - y~)) * grad_scale / N``, in bfloat16 when the logits are
-    (float32 otherwise). Backward hands it on as it is when the upstream gradient is ``grad_scale``, as in
-    training, and otherwise multiplies it by their ratio: no pass over (N, V) in training, and one rounding
-    to bfloat16. ``y~`` is formed once per distinct target word in the batch, not once per token.
+    (float32 otherwise). On a CPU, backward hands it on as it is when the upstream gradient is
+    ``grad_scale``, as in training, and otherwise multiplies it by their ratio: no pass over (N, V) in
+    training, and one rounding to bfloat16. On an accelerator it always multiplies (by exactly 1 in
+    training), since reading the ratio would make it wait. ``y~`` is formed once per distinct target word
+    in the batch, not once per token.
 
     ``kernels`` (a ``Kernels``) runs the same two functions through ``torch.compile``, which fuses each
     chunk's work into about two passes over it; where compiling fails (no C++ compiler, no Triton) it
