@@ -142,11 +142,13 @@ def augmented_loss(logits, targets, embedding, alpha: float, tau: float, target_
 
 def _target_logits(rows: torch.Tensor, emb: torch.Tensor, tau,
                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """log y~ = S - lse for each distinct target word: S = rows L^T / tau (U, V) and lse (U,), float32. y~
-    itself is formed from them in ``_chunk_terms``. The matmul, the irreducible cost of the augmented loss,
-    runs in ``dtype``: the logits' own under mixed precision, which is faster (docs/results.md, Speed)."""
-    logits = ((rows / tau).to(dtype) @ emb.to(dtype).t()).float()
-    return logits, torch.logsumexp(logits, dim=-1)
+    """log y~ = S - lse for each distinct target word: S = rows L^T / tau (U, V) and lse (U,). y~ itself is
+    formed from them in ``_chunk_terms``. The matmul, the irreducible cost of the augmented loss, runs in
+    ``dtype``: the logits' own under mixed precision, which is faster (docs/results.md, Speed). S stays in
+    that dtype, as the matmul rounded it, and is read as float32 where it is used (lse is float32): a
+    float32 copy would hold the same values in twice the memory, written here and read again per token."""
+    logits = (rows / tau).to(dtype) @ emb.to(dtype).t()
+    return logits, torch.logsumexp(logits.float(), dim=-1)
 
 
 def _chunk_terms(z, y, u, target_logits, target_lse, alpha, tau, unit, bias, pred_is_p: bool, want_log_pred: bool,
@@ -154,8 +156,9 @@ def _chunk_terms(z, y, u, target_logits, target_lse, alpha, tau, unit, bias, pre
     """For a chunk of rows: sum of CE, sum of KL(y~ || y^), the gradient w.r.t. z of the total loss with
     each token weighing ``unit`` (grad_scale / N), in ``grad_dtype``, the bias's own gradient through y^
     (None without ``bias``) and log y^ (None unless ``want_log_pred``).
-    ``pred_is_p``: tau = 1 and no bias to take out, so y^ = softmax(z). z comes in its own dtype and is read
-    as float32 here, so that the cast is fused into the pass. No in-place ops: torch.compile fuses it."""
+    ``pred_is_p``: tau = 1 and no bias to take out, so y^ = softmax(z). z and the target logits come in their
+    own dtype and are read as float32 here, so that the casts are fused into the pass. No in-place ops:
+    torch.compile fuses it."""
     z = z.float()
     log_p = z - torch.logsumexp(z, dim=-1, keepdim=True)
     ce_sum = -log_p.gather(1, y[:, None]).sum()
@@ -166,7 +169,7 @@ def _chunk_terms(z, y, u, target_logits, target_lse, alpha, tau, unit, bias, pre
         scaled = (z if bias is None else z - bias) / tau
         log_pred = scaled - torch.logsumexp(scaled, dim=-1, keepdim=True)
         pred = torch.exp(log_pred)
-    log_target = target_logits[u] - target_lse[u][:, None]
+    log_target = target_logits[u].float() - target_lse[u][:, None]
     target = torch.exp(log_target)
     kl_sum = (target * (log_target - log_pred)).sum()
     onehot = (torch.arange(z.size(1), device=z.device) == y[:, None]).to(z.dtype)
@@ -211,7 +214,7 @@ def _target_gradient(target_logits, target_lse, log_pred_sum, inverse, words, ro
     with S = rows L^T / tau and, per distinct word, its row count and the sum of its rows' log y^,
     dKL/dS = y~ * (count log y~ - sum log y^ - (count sum y~ log y~ - <y~, sum log y^>)); then through both
     sides of S."""
-    log_target = target_logits - target_lse[:, None]
+    log_target = target_logits.float() - target_lse[:, None]
     target = log_target.exp()
     count = torch.bincount(inverse, minlength=words.numel()).float()[:, None]
     c = count[:, 0] * (target * log_target).sum(-1) - (target * log_pred_sum).sum(-1)
@@ -250,7 +253,8 @@ class _FusedAugmentedLoss(torch.autograd.Function):
             grad_dtype = torch.bfloat16 if logits.dtype == torch.bfloat16 else torch.float32
             grad = None if chunk >= n else torch.empty(n, v, dtype=grad_dtype, device=logits.device)
             grad_bias = None if shift is None else torch.zeros(v, dtype=torch.float32, device=logits.device)
-            log_pred_sum = torch.zeros_like(target_logits) if target_grad else None  # sum of log y^ per word
+            log_pred_sum = (target_logits.new_zeros(target_logits.shape, dtype=torch.float32)  # sum of log y^ per word
+                            if target_grad else None)
             ce_sum = kl_sum = 0.0
             for start in range(0, n, chunk):
                 end = min(start + chunk, n)

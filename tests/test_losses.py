@@ -100,6 +100,21 @@ def test_bf16_logits_lower_the_precision_of_the_target_similarity_alone(inputs):
     assert torch.allclose(low.kl, high.kl, rtol=1e-2) and not torch.equal(low.kl, high.kl)
 
 
+def test_target_similarity_stays_in_the_dtype_its_matmul_rounded_it_to():
+    # Under bf16 the (U, V) target logits are kept as the matmul's bf16 output, half the memory of a float32
+    # copy holding the same values; the kernel reads them as float32. Their log-sum-exp is float32.
+    from lm.losses import _target_logits
+
+    torch.manual_seed(0)
+    rows, emb, tau = torch.randn(7, 16), torch.randn(50, 16), torch.tensor(2.0)
+    s, lse = _target_logits(rows, emb, tau, torch.bfloat16)
+    expected = (rows / tau).bfloat16() @ emb.bfloat16().t()
+    assert s.dtype == torch.bfloat16 and torch.equal(s, expected)
+    assert lse.dtype == torch.float32 and torch.allclose(lse, torch.logsumexp(expected.float(), dim=-1))
+    s32, lse32 = _target_logits(rows, emb, tau, torch.float32)
+    assert s32.dtype == torch.float32 and torch.allclose(lse32, torch.logsumexp(rows / tau @ emb.t(), dim=-1))
+
+
 def test_bad_compile_setting_is_a_config_error():
     with pytest.raises(ConfigError, match="loss.compile"):
         AugmentedLoss(compile="yes")
