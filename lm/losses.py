@@ -253,8 +253,8 @@ class _FusedAugmentedLoss(torch.autograd.Function):
             grad_dtype = torch.bfloat16 if logits.dtype == torch.bfloat16 else torch.float32
             grad = None if chunk >= n else torch.empty(n, v, dtype=grad_dtype, device=logits.device)
             grad_bias = None if shift is None else torch.zeros(v, dtype=torch.float32, device=logits.device)
-            log_pred_sum = (target_logits.new_zeros(target_logits.shape, dtype=torch.float32)  # sum of log y^ per word
-                            if target_grad else None)
+            # the sum of log y^ per distinct word, in float32 whatever dtype the target logits keep
+            log_pred_sum = target_logits.new_zeros(target_logits.shape, dtype=torch.float32) if target_grad else None
             ce_sum = kl_sum = 0.0
             for start in range(0, n, chunk):
                 end = min(start + chunk, n)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from lm.errors import ConfigError
-from lm.losses import AugmentedLoss, CrossEntropyLoss
+from lm.losses import AugmentedLoss, CrossEntropyLoss, _target_logits
 
 V, D, N = 30, 8, 12
 
@@ -103,8 +103,6 @@ def test_bf16_logits_lower_the_precision_of_the_target_similarity_alone(inputs):
 def test_target_similarity_stays_in_the_dtype_its_matmul_rounded_it_to():
     # Under bf16 the (U, V) target logits are kept as the matmul's bf16 output, half the memory of a float32
     # copy holding the same values; the kernel reads them as float32. Their log-sum-exp is float32.
-    from lm.losses import _target_logits
-
     torch.manual_seed(0)
     rows, emb, tau = torch.randn(7, 16), torch.randn(50, 16), torch.tensor(2.0)
     s, lse = _target_logits(rows, emb, tau, torch.bfloat16)
