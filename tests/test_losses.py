@@ -113,6 +113,19 @@ def test_target_similarity_stays_in_the_dtype_its_matmul_rounded_it_to():
     assert s32.dtype == torch.float32 and torch.allclose(lse32, torch.logsumexp(rows / tau @ emb.t(), dim=-1))
 
 
+@pytest.mark.parametrize("compile", [False, True])
+def test_fp16_logits_match_the_reference_with_an_fp16_similarity(inputs, compile):
+    # fp16 logits (a GPU's 16-mixed): the similarity runs and stays in fp16, the gradient in float32.
+    z, y, L = inputs
+    fused, reference = z.half().requires_grad_(), z.half().requires_grad_()
+    out = AugmentedLoss(compile=compile)(fused, y, L.float(), alpha=0.5, tau=2.0)
+    expected = reference_augmented(reference, y, L.float(), 0.5, 2.0, False, sim_dtype=torch.float16)
+    (out.total * 3.0).backward()
+    (expected * 3.0).backward()
+    assert torch.allclose(out.total, expected, rtol=1e-6)
+    assert fused.grad.dtype == torch.float16 and torch.allclose(fused.grad, reference.grad, atol=1e-6)
+
+
 def test_bad_compile_setting_is_a_config_error():
     with pytest.raises(ConfigError, match="loss.compile"):
         AugmentedLoss(compile="yes")
